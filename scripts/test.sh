@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the real clients the end-to-end tests drive
+# (Chromium, ffmpeg, GStreamer's WHIP client, Node packages, aiortc) when they
+# are missing, then runs every Rust test, unit and end to end.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh -- NAME    # only tests whose name contains NAME
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages (Debian 12) -------------------------------------------
+need_pkgs=()
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v ffmpeg >/dev/null || need_pkgs+=(ffmpeg)
+command -v ffprobe >/dev/null || need_pkgs+=(ffmpeg)
+command -v nasm >/dev/null || need_pkgs+=(nasm)
+command -v whip-client >/dev/null || need_pkgs+=(simple-whip-client gstreamer1.0-plugins-bad gstreamer1.0-plugins-good gstreamer1.0-nice)
+command -v node >/dev/null || need_pkgs+=(nodejs npm)
+python3 -c 'import venv' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+fi
+
+# --- Node packages for the browser tests (never downloads a browser) -------
+if [ -f tests/browser/package.json ]; then
+  log "npm packages for tests/browser"
+  export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+  (cd tests/browser && { [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; })
+fi
+
+# --- Python packages for the second WebRTC stack (aiortc) ------------------
+venv="$root/target/test-venv"
+if [ -f tests/interop/requirements.txt ]; then
+  if [ ! -x "$venv/bin/python" ] || [ tests/interop/requirements.txt -nt "$venv/.installed" ]; then
+    log "python venv with aiortc in $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+    touch "$venv/.installed"
+  fi
+  export DIONYSIA_TEST_PYTHON="$venv/bin/python"
+fi
+
+# --- Rust: build once in release (the e2e tests time real media) -----------
+log "cargo test --release --workspace"
+cargo test --release --workspace --all-targets "$@"

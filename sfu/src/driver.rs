@@ -1,0 +1,343 @@
+//! The I/O edge of the SFU: one thread owns the UDP socket and the
+//! [`Engine`], and serves three things in turn — datagrams (received in
+//! batches, with the local address each was sent to), commands from the HTTP
+//! side, and the engine's timer. Nothing else touches the engine, so it needs
+//! no locks.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::engine::{Engine, Outgoing};
+use crate::{IceFragment, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError};
+
+/// Longest the loop sleeps without looking at the engine's housekeeping.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Receive buffer per datagram; WebRTC datagrams stay under ~1,500 bytes.
+const DATAGRAM_BUF: usize = 2048;
+
+enum Command {
+    Publish {
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
+    },
+    Subscribe {
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
+    },
+    Patch {
+        info: SessionInfo,
+        frag: IceFragment,
+        expected: Option<Vec<String>>,
+        reply: oneshot::Sender<Result<PatchOutcome, SfuError>>,
+    },
+    IceUfrag {
+        info: SessionInfo,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    End {
+        info: SessionInfo,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    IsLive {
+        room: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A handle to the running SFU; cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Sfu {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    advertised: Vec<SocketAddr>,
+}
+
+impl Sfu {
+    /// Binds the UDP socket and starts the media thread.
+    pub fn start(config: SfuConfig) -> io::Result<Sfu> {
+        let socket = UdpSocket::bind(config.udp_listen)?;
+        socket.set_nonblocking(true)?;
+        let local_addr = socket.local_addr()?;
+        let advertised = advertised_addrs(&config, local_addr);
+        if advertised.is_empty() {
+            return Err(io::Error::other(
+                "no address to advertise as an ICE candidate",
+            ));
+        }
+        let (commands, rx) = mpsc::unbounded_channel();
+        let engine = Engine::new(config, advertised.clone());
+        std::thread::Builder::new()
+            .name("sfu".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return warn!("cannot start the media runtime: {e}"),
+                };
+                if let Err(e) = runtime.block_on(run(socket, engine, rx)) {
+                    warn!("media loop ended: {e}");
+                }
+            })?;
+        Ok(Sfu {
+            commands,
+            local_addr,
+            advertised,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The ICE host candidates every session gets.
+    pub fn advertised(&self) -> &[SocketAddr] {
+        &self.advertised
+    }
+
+    /// A new publisher in `room` from its SDP offer.
+    pub async fn publish(&self, room: &str, offer: String) -> Result<SessionAnswer, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish {
+            room: room.into(),
+            offer,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// A new viewer of `room` from its (receive-only) SDP offer.
+    pub async fn subscribe(&self, room: &str, offer: String) -> Result<SessionAnswer, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Subscribe {
+            room: room.into(),
+            offer,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Trickled candidates or an ICE restart for a session. `expected`: the
+    /// ICE ufrags the client believes current (`None`: any).
+    pub async fn patch(
+        &self,
+        info: SessionInfo,
+        frag: IceFragment,
+        expected: Option<Vec<String>>,
+    ) -> Result<PatchOutcome, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Patch {
+            info,
+            frag,
+            expected,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// A session's current ICE ufrag; `NoSession` if it does not exist.
+    pub async fn ice_ufrag(&self, info: SessionInfo) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::IceUfrag { info, reply })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Ends a session.
+    pub async fn end(&self, info: SessionInfo) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::End { info, reply })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Whether the room has a publisher now.
+    pub async fn is_live(&self, room: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Command::IsLive {
+                room: room.into(),
+                reply,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    fn send(&self, c: Command) -> Result<(), SfuError> {
+        self.commands.send(c).map_err(|_| SfuError::Stopped)
+    }
+}
+
+/// The candidate addresses: configured IPs, else the bound IP, else every
+/// interface address of the bound family (loopback included, so a browser
+/// on the same machine connects).
+fn advertised_addrs(config: &SfuConfig, bound: SocketAddr) -> Vec<SocketAddr> {
+    let port = bound.port();
+    if !config.candidate_ips.is_empty() {
+        return config
+            .candidate_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+    }
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    ips.retain(|ip| match ip {
+        IpAddr::V4(_) => bound.is_ipv4(),
+        // Link-local v6 needs a scope id that SDP candidates cannot carry.
+        IpAddr::V6(v6) => bound.is_ipv6() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+    });
+    ips.sort();
+    ips.dedup();
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+async fn run(
+    socket: UdpSocket,
+    mut engine: Engine,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> io::Result<()> {
+    let state = UdpSocketState::new((&socket).into())?;
+    let socket = tokio::net::UdpSocket::from_std(socket)?;
+    let local = socket.local_addr()?;
+    info!(%local, "media socket ready");
+    let mut storage = vec![[0u8; DATAGRAM_BUF]; BATCH_SIZE];
+    let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
+    loop {
+        flush(&socket, &state, &mut engine).await;
+        let now = Instant::now();
+        let deadline = engine
+            .poll_timeout()
+            .unwrap_or(now + HOUSEKEEPING)
+            .min(now + HOUSEKEEPING);
+        tokio::select! {
+            ready = socket.readable() => {
+                ready?;
+                receive(&socket, &state, &mut engine, &mut storage, &mut meta, local);
+            }
+            command = commands.recv() => match command {
+                Some(c) => handle_command(&mut engine, c),
+                None => return Ok(()), // every handle dropped: shut down
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            engine.handle_timeout(now);
+        }
+    }
+}
+
+/// Reads every datagram the socket has, in batches (recvmmsg).
+fn receive(
+    socket: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    engine: &mut Engine,
+    storage: &mut [[u8; DATAGRAM_BUF]],
+    meta: &mut [RecvMeta],
+    local: SocketAddr,
+) {
+    loop {
+        let mut bufs: Vec<IoSliceMut<'_>> = storage
+            .iter_mut()
+            .map(|b| IoSliceMut::new(&mut b[..]))
+            .collect();
+        let n = match socket.try_io(Interest::READABLE, || {
+            state.recv(socket.into(), &mut bufs, meta)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // ICMP errors from a vanished peer surface here; keep serving.
+                tracing::debug!("recv: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+            let to = SocketAddr::new(m.dst_ip.unwrap_or(local.ip()), local.port());
+            // With GRO one buffer may hold several datagrams of `stride` bytes.
+            for datagram in buf[..m.len].chunks(m.stride.max(1)) {
+                engine.handle_datagram(now, m.addr, to, datagram);
+            }
+        }
+    }
+}
+
+async fn flush(socket: &tokio::net::UdpSocket, state: &UdpSocketState, engine: &mut Engine) {
+    while let Some(out) = engine.poll_transmit() {
+        send(socket, state, &out).await;
+    }
+}
+
+async fn send(socket: &tokio::net::UdpSocket, state: &UdpSocketState, out: &Outgoing) {
+    let transmit = Transmit {
+        destination: out.destination,
+        ecn: None,
+        contents: &out.contents,
+        segment_size: None,
+        src_ip: out.source_ip.filter(|ip| !ip.is_unspecified()),
+    };
+    loop {
+        match socket.try_io(Interest::WRITABLE, || {
+            state.try_send(socket.into(), &transmit)
+        }) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(to = %out.destination, "send: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn handle_command(engine: &mut Engine, command: Command) {
+    let now = Instant::now();
+    match command {
+        Command::Publish { room, offer, reply } => {
+            let _ = reply.send(engine.publish(now, &room, &offer));
+        }
+        Command::Subscribe { room, offer, reply } => {
+            let _ = reply.send(engine.subscribe(now, &room, &offer));
+        }
+        Command::Patch {
+            info,
+            frag,
+            expected,
+            reply,
+        } => {
+            let _ = reply.send(engine.patch(now, &info, frag, expected));
+        }
+        Command::IceUfrag { info, reply } => {
+            let _ = reply.send(engine.ice_ufrag(&info));
+        }
+        Command::End { info, reply } => {
+            let _ = reply.send(engine.end(now, &info));
+        }
+        Command::IsLive { room, reply } => {
+            let _ = reply.send(engine.room_is_live(&room));
+        }
+    }
+}

@@ -1,0 +1,1091 @@
+//! The engine: every peer's str0m [`Rtc`], the rooms, and the forwarding
+//! between them. It does no I/O of its own: the driver feeds it datagrams,
+//! commands and the time, and takes the datagrams it wants sent
+//! (`poll_transmit`) and when it next wants the time (`poll_timeout`).
+//!
+//! ```text
+//!  datagram ─► demux (addr, else STUN ufrag) ─► Peer.rtc ─► events
+//!                                                   │
+//!     publisher RtpPacket ─► Room.tracks ─► each subscriber's Forwarder
+//!                                               ─► subscriber rtc.write_rtp ─► transmits
+//! ```
+//!
+//! str0m's contract is "mutate, then drain `poll_output` to a timeout": every
+//! mutation here is followed by [`drain`]. Events found while draining are
+//! queued and handled after the drain, so one peer's events can mutate other
+//! peers without aliasing.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, VideoCodec};
+use crate::forwarder::{self, Forwarder, SourceId};
+use crate::{
+    stun, IceFragment, PatchOutcome, Role, SessionAnswer, SessionInfo, SfuConfig, SfuError,
+};
+
+/// Engine-internal handle of a peer (one WHIP or WHEP session).
+type PeerId = u64;
+
+/// A datagram the engine wants sent.
+pub struct Outgoing {
+    pub destination: SocketAddr,
+    /// The local address the peer talks to, when known (multi-homed hosts).
+    pub source_ip: Option<IpAddr>,
+    pub contents: Vec<u8>,
+}
+
+pub struct Engine {
+    config: SfuConfig,
+    /// Host candidates advertised to every peer (same port, each address).
+    candidates: Vec<Candidate>,
+    peers: HashMap<PeerId, Peer>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_session: HashMap<String, PeerId>,
+    rooms: HashMap<String, Room>,
+    timeouts: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    transmits: VecDeque<Outgoing>,
+    events: VecDeque<(PeerId, Event)>,
+    next_peer: PeerId,
+}
+
+struct Peer {
+    session: String,
+    room: String,
+    role: Role,
+    rtc: Rtc,
+    ufrag: String,
+    /// The peer's ICE ufrag; a PATCH naming another one is an ICE restart.
+    remote_ufrag: Option<String>,
+    addrs: Vec<SocketAddr>,
+    local_ip: Option<IpAddr>,
+    next_timeout: Instant,
+    created: Instant,
+    connected: bool,
+    /// Publisher: which room track and layer each incoming SSRC feeds.
+    ingest: HashMap<Ssrc, (usize, u8)>,
+    /// Subscriber: one entry per sending m-line.
+    egress: Vec<Egress>,
+}
+
+/// One subscriber m-line fed from one room track.
+struct Egress {
+    mid: Mid,
+    track: usize,
+    ssrc: Ssrc,
+    /// Publisher PT → our PT for this subscriber.
+    pt_map: Vec<(Pt, Pt)>,
+    forwarder: Forwarder,
+}
+
+struct Room {
+    publisher: Option<PeerId>,
+    /// Generation of the current publisher: the forwarders' source identity.
+    generation: u64,
+    tracks: Vec<Track>,
+    subscribers: Vec<PeerId>,
+    /// When the last publisher left; viewers wait `publisher_grace` for another.
+    orphaned_since: Option<Instant>,
+}
+
+/// One media track of a room. It outlives its publisher so that a
+/// reconnecting publisher continues the same track for every viewer.
+struct Track {
+    kind: MediaKind,
+    /// The current publisher's mid for this track.
+    mid: Option<Mid>,
+    /// What the publisher negotiated for this track.
+    params: Vec<PayloadParams>,
+    /// Simulcast layers by rid; `[None]` without simulcast.
+    layers: Vec<Option<Rid>>,
+    last_keyframe_request: Vec<Option<Instant>>,
+}
+
+impl Track {
+    fn codec_of(&self, pt: Pt) -> Option<Codec> {
+        self.params
+            .iter()
+            .find(|p| p.pt() == pt)
+            .map(|p| p.spec().codec)
+    }
+}
+
+fn video_codec(codec: Codec) -> Option<VideoCodec> {
+    Some(match codec {
+        Codec::H264 => VideoCodec::H264,
+        Codec::Vp8 => VideoCodec::Vp8,
+        Codec::Vp9 => VideoCodec::Vp9,
+        Codec::Av1 => VideoCodec::Av1,
+        Codec::H265 => VideoCodec::H265,
+        _ => return None,
+    })
+}
+
+/// The codecs we accept from publishers, in our order of preference.
+fn publisher_rtc_config() -> RtcConfig {
+    RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+        .enable_opus(true, false)
+}
+
+/// What a publisher may send us, said in errors.
+pub const ACCEPTED_CODECS: &str = "H264 (packetization-mode=1), VP8, VP9, AV1, Opus";
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Engine {
+    pub fn new(config: SfuConfig, advertised: Vec<SocketAddr>) -> Engine {
+        let candidates = advertised
+            .into_iter()
+            .filter_map(|a| match Candidate::host(a, "udp") {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!("cannot advertise {a}: {e}");
+                    None
+                }
+            })
+            .collect();
+        Engine {
+            config,
+            candidates,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_session: HashMap::new(),
+            rooms: HashMap::new(),
+            timeouts: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_peer: 1,
+        }
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// One datagram from the UDP socket. `local` is the address it was sent to.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => *id,
+            None => {
+                // An address we have not seen: only a STUN request naming one
+                // of our sessions' ufrags may introduce it.
+                let Some(id) = stun::local_ufrag(data)
+                    .and_then(|u| self.by_ufrag.get(u))
+                    .copied()
+                else {
+                    return;
+                };
+                self.by_addr.insert(source, id);
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.addrs.push(source);
+                }
+                id
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.by_addr.remove(&source);
+            return;
+        };
+        // str0m only takes datagrams addressed to one of its candidates. On a
+        // wildcard-bound socket behind 1:1 NAT the kernel's destination is a
+        // private address: present it as the advertised one of its family.
+        let destination = self
+            .candidates
+            .iter()
+            .map(|c| c.addr())
+            .find(|a| *a == local)
+            .or_else(|| {
+                self.candidates
+                    .iter()
+                    .map(|c| c.addr())
+                    .find(|a| a.is_ipv4() == local.is_ipv4())
+            })
+            .unwrap_or(local);
+        let Ok(contents) = data.try_into() else {
+            return; // not STUN, DTLS, RTP or RTCP
+        };
+        peer.local_ip = Some(local.ip());
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(session = %peer.session, "input rejected: {e}");
+        }
+        self.drain(id);
+        self.process_events(now);
+    }
+
+    /// Time passes: serve every peer whose timeout is due, and the rooms.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timeouts.pop();
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if peer.next_timeout != at {
+                continue; // superseded by a later drain
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(session = %peer.session, "timeout input: {e}");
+            }
+            self.drain(id);
+        }
+        self.process_events(now);
+        self.expire(now);
+    }
+
+    /// When the engine next wants `handle_timeout`.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
+            match self.peers.get(&id) {
+                Some(p) if p.next_timeout == at => return Some(at),
+                _ => {
+                    self.timeouts.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.transmits.pop_front()
+    }
+
+    // -------------------------------------------------------------- commands
+
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        offer: &str,
+    ) -> Result<SessionAnswer, SfuError> {
+        self.check_capacity()?;
+        if let Some(r) = self.rooms.get(room) {
+            if r.publisher.is_some() {
+                return Err(SfuError::PublisherExists(room.to_string()));
+            }
+        }
+        let rtc = publisher_rtc_config().set_ice_lite(true).set_rtp_mode(true);
+        let id = self.create_peer(now, room, Role::Publisher, rtc);
+        let answer = self.accept(id, offer)?;
+
+        let room_state = self.rooms.entry(room.to_string()).or_insert_with(|| Room {
+            publisher: None,
+            generation: 0,
+            tracks: Vec::new(),
+            subscribers: Vec::new(),
+            orphaned_since: None,
+        });
+        room_state.publisher = Some(id);
+        room_state.generation = id;
+        room_state.orphaned_since = None;
+        for t in &mut room_state.tracks {
+            t.mid = None;
+        }
+        // Bind now: str0m reports MediaAdded only once DTLS is up.
+        for mid in sdp_mids(&answer.sdp) {
+            let Some(media) = self.peers.get(&id).and_then(|p| p.rtc.media(mid)) else {
+                continue;
+            };
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
+                continue;
+            }
+            let kind = media.kind();
+            let layers = match media.rids_rx() {
+                Rids::Specific(rids) if !rids.is_empty() => rids.iter().map(|r| Some(*r)).collect(),
+                _ => vec![None],
+            };
+            self.bind_publisher_media(id, mid, kind, layers);
+        }
+        self.process_events(now);
+        let bound = self
+            .rooms
+            .get(room)
+            .map(|r| r.tracks.iter().any(|t| t.mid.is_some()));
+        if bound != Some(true) {
+            self.remove_peer(id, now);
+            return Err(SfuError::NoUsableMedia {
+                direction: "receive",
+                accepted: ACCEPTED_CODECS.into(),
+            });
+        }
+        info!(room, session = %answer.session, "publisher joined");
+        Ok(answer)
+    }
+
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        room: &str,
+        offer: &str,
+    ) -> Result<SessionAnswer, SfuError> {
+        self.check_capacity()?;
+        let Some(room_state) = self.rooms.get(room).filter(|r| !r.tracks.is_empty()) else {
+            return Err(SfuError::NotLive(room.to_string()));
+        };
+        // Offer exactly what the publisher sends, so the answer carries only
+        // codecs we can forward without transcoding.
+        let params: Vec<PayloadParams> = room_state
+            .tracks
+            .iter()
+            .flat_map(|t| t.params.iter().copied())
+            .collect();
+        let mut rtc = RtcConfig::new().set_ice_lite(true).set_rtp_mode(true);
+        *rtc.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
+        let id = self.create_peer(now, room, Role::Subscriber, rtc);
+        let answer = self.accept(id, offer)?;
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.subscribers.push(id);
+        }
+        for mid in sdp_mids(&answer.sdp) {
+            let Some(media) = self.peers.get(&id).and_then(|p| p.rtc.media(mid)) else {
+                continue;
+            };
+            if matches!(media.direction(), Direction::SendOnly | Direction::SendRecv) {
+                let kind = media.kind();
+                self.bind_subscriber_media(now, id, mid, kind);
+            }
+        }
+        self.process_events(now);
+        let usable = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.egress.iter().any(|e| !e.pt_map.is_empty()));
+        if !usable {
+            self.remove_peer(id, now);
+            return Err(SfuError::NoUsableMedia {
+                direction: "send",
+                accepted: self.room_codecs(room),
+            });
+        }
+        info!(room, session = %answer.session, "viewer joined");
+        Ok(answer)
+    }
+
+    /// A session's current ICE ufrag (its ETag).
+    pub fn ice_ufrag(&self, info: &SessionInfo) -> Result<String, SfuError> {
+        let id = self.session_peer(info)?;
+        Ok(self
+            .peers
+            .get(&id)
+            .map(|p| p.ufrag.clone())
+            .unwrap_or_default())
+    }
+
+    /// Trickle or ICE restart. `expected`: the ufrags the client believes
+    /// current (`None`: any, i.e. `If-Match: *`).
+    pub fn patch(
+        &mut self,
+        now: Instant,
+        info: &SessionInfo,
+        frag: IceFragment,
+        expected: Option<Vec<String>>,
+    ) -> Result<PatchOutcome, SfuError> {
+        let id = self.session_peer(info)?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoSession)?;
+        if expected.is_some_and(|tags| !tags.contains(&peer.ufrag)) {
+            return Err(SfuError::StaleIceSession);
+        }
+        let mut outcome = PatchOutcome::Trickled;
+        if let (Some(ufrag), Some(pwd)) = (frag.ufrag.clone(), frag.pwd.clone()) {
+            // Same credentials as before: plain trickle. New ones: ICE restart.
+            if peer.remote_ufrag.as_deref() != Some(ufrag.as_str()) {
+                let local = IceCreds {
+                    ufrag: random_token(16),
+                    pass: random_token(24),
+                };
+                peer.remote_ufrag = Some(ufrag.clone());
+                let mut api = peer.rtc.direct_api();
+                api.set_remote_ice_credentials(IceCreds { ufrag, pass: pwd });
+                api.set_local_ice_credentials(local.clone());
+                self.by_ufrag.remove(&peer.ufrag);
+                peer.ufrag = local.ufrag.clone();
+                self.by_ufrag.insert(local.ufrag.clone(), id);
+                outcome = PatchOutcome::Restarted {
+                    ufrag: local.ufrag,
+                    pwd: local.pass,
+                    candidates: self.candidates.iter().map(|c| c.to_sdp_string()).collect(),
+                };
+            }
+        }
+        for line in &frag.candidates {
+            match Candidate::from_sdp_string(line) {
+                Ok(c) => peer.rtc.add_remote_candidate(c),
+                Err(e) => debug!("ignoring trickled candidate {line:?}: {e}"),
+            }
+        }
+        self.drain(id);
+        self.process_events(now);
+        Ok(outcome)
+    }
+
+    pub fn end(&mut self, now: Instant, info: &SessionInfo) -> Result<(), SfuError> {
+        let id = self.session_peer(info)?;
+        self.remove_peer(id, now);
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- internals
+
+    fn check_capacity(&self) -> Result<(), SfuError> {
+        if self.peers.len() >= self.config.max_sessions {
+            return Err(SfuError::AtCapacity(self.config.max_sessions));
+        }
+        Ok(())
+    }
+
+    fn session_peer(&self, info: &SessionInfo) -> Result<PeerId, SfuError> {
+        let id = *self
+            .by_session
+            .get(&info.session)
+            .ok_or(SfuError::NoSession)?;
+        let peer = self.peers.get(&id).ok_or(SfuError::NoSession)?;
+        if peer.room != info.room || peer.role != info.role {
+            return Err(SfuError::NoSession);
+        }
+        Ok(id)
+    }
+
+    fn room_codecs(&self, room: &str) -> String {
+        let mut names: Vec<String> = self
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.tracks
+                    .iter()
+                    .flat_map(|t| t.params.iter().map(|p| p.spec().codec.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.dedup();
+        names.join(", ")
+    }
+
+    fn create_peer(&mut self, now: Instant, room: &str, role: Role, config: RtcConfig) -> PeerId {
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let ufrag = random_token(16);
+        let creds = IceCreds {
+            ufrag: ufrag.clone(),
+            pass: random_token(24),
+        };
+        let mut rtc = config.set_local_ice_credentials(creds).build(now);
+        for c in &self.candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        let session = random_token(32);
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.by_session.insert(session.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                session,
+                room: room.to_string(),
+                role,
+                rtc,
+                ufrag,
+                remote_ufrag: None,
+                addrs: Vec::new(),
+                local_ip: None,
+                next_timeout: now,
+                created: now,
+                connected: false,
+                ingest: HashMap::new(),
+                egress: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn accept(&mut self, id: PeerId, offer_text: &str) -> Result<SessionAnswer, SfuError> {
+        let offer = match SdpOffer::from_sdp_string(offer_text) {
+            Ok(o) => o,
+            Err(e) => {
+                self.forget_peer(id);
+                return Err(SfuError::BadOffer(e.to_string()));
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Err(SfuError::NoSession);
+        };
+        peer.remote_ufrag = sdp_ice_ufrag(offer_text);
+        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                let session = peer.session.clone();
+                self.forget_peer(id);
+                debug!(%session, "offer rejected: {e}");
+                return Err(SfuError::BadOffer(e.to_string()));
+            }
+        };
+        let (session, ice_ufrag) = (peer.session.clone(), peer.ufrag.clone());
+        self.drain(id);
+        Ok(SessionAnswer {
+            session,
+            sdp: with_rtcp_mux_only(&answer.to_sdp_string()),
+            ice_ufrag,
+        })
+    }
+
+    /// Drains one peer's output: datagrams to send, events to handle, and
+    /// its next timeout.
+    fn drain(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        drain_peer(
+            id,
+            peer,
+            &mut self.transmits,
+            &mut self.events,
+            &mut self.timeouts,
+        );
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some((id, event)) = self.events.pop_front() {
+            self.handle_event(now, id, event);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, id: PeerId, event: Event) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match event {
+            Event::RtpPacket(packet) => self.forward(now, id, packet),
+            Event::KeyframeRequest(req) => {
+                // A viewer lost its picture: ask the publisher of the layer it watches.
+                if let Some(egress) = peer.egress.iter().find(|e| e.mid == req.mid) {
+                    let track = egress.track;
+                    let layer = egress
+                        .forwarder
+                        .current()
+                        .or(egress.forwarder.target())
+                        .map(|s| s.layer);
+                    let room = peer.room.clone();
+                    if let Some(layer) = layer {
+                        self.request_keyframe(now, &room, track, layer);
+                    }
+                }
+            }
+            Event::Connected => {
+                peer.connected = true;
+                info!(session = %peer.session, room = %peer.room, role = ?peer.role, "connected");
+                if peer.role == Role::Subscriber {
+                    // A picture at once: ask for a keyframe on every video track it watches.
+                    let room = peer.room.clone();
+                    let wanted: Vec<(usize, u8)> = peer
+                        .egress
+                        .iter()
+                        .filter_map(|e| e.forwarder.target().map(|s| (e.track, s.layer)))
+                        .collect();
+                    for (track, layer) in wanted {
+                        self.request_keyframe(now, &room, track, layer);
+                    }
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+                info!(session = %peer.session, room = %peer.room, "disconnected");
+                self.remove_peer(id, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// A publisher m-line becomes (or continues) a room track.
+    fn bind_publisher_media(
+        &mut self,
+        id: PeerId,
+        mid: Mid,
+        kind: MediaKind,
+        layers: Vec<Option<Rid>>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(media) = peer.rtc.media(mid) else {
+            return;
+        };
+        let remote_pts = media.remote_pts().to_vec();
+        let params: Vec<PayloadParams> = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| remote_pts.contains(&p.pt()))
+            .copied()
+            .collect();
+        if params.is_empty() {
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(&peer.room) else {
+            return;
+        };
+        // A reconnecting publisher continues the track of the same kind (and
+        // codec family) that its predecessor fed, so viewers keep watching.
+        let same_codec = |t: &Track| {
+            t.params
+                .iter()
+                .any(|a| params.iter().any(|b| a.spec().codec == b.spec().codec))
+        };
+        let index = match room
+            .tracks
+            .iter()
+            .position(|t| t.kind == kind && t.mid.is_none() && same_codec(t))
+        {
+            Some(i) => {
+                let t = &mut room.tracks[i];
+                t.params = params;
+                t.last_keyframe_request = vec![None; layers.len()];
+                t.layers = layers;
+                i
+            }
+            None => {
+                room.tracks.push(Track {
+                    kind,
+                    mid: None,
+                    params,
+                    last_keyframe_request: vec![None; layers.len()],
+                    layers,
+                });
+                room.tracks.len() - 1
+            }
+        };
+        room.tracks[index].mid = Some(mid);
+        let generation = room.generation;
+        // Viewers watching this track move to the new publisher's stream.
+        let subscribers = room.subscribers.clone();
+        for sid in subscribers {
+            if let Some(sub) = self.peers.get_mut(&sid) {
+                for e in sub.egress.iter_mut().filter(|e| e.track == index) {
+                    e.forwarder.set_target(SourceId {
+                        generation,
+                        layer: 0,
+                    });
+                }
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.ingest.clear();
+        }
+    }
+
+    /// A subscriber m-line is fed from the room's next free track of its kind.
+    fn bind_subscriber_media(&mut self, _now: Instant, id: PeerId, mid: Mid, kind: MediaKind) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        let used: Vec<usize> = peer.egress.iter().map(|e| e.track).collect();
+        let Some(track_index) = room
+            .tracks
+            .iter()
+            .enumerate()
+            .position(|(i, t)| t.kind == kind && !used.contains(&i))
+        else {
+            return;
+        };
+        let track = &room.tracks[track_index];
+        let config = peer.rtc.codec_config();
+        let pt_map: Vec<(Pt, Pt)> = track
+            .params
+            .iter()
+            .filter_map(|p| config.match_params(*p).map(|ours| (p.pt(), ours.pt())))
+            .collect();
+        let Some(ssrc) = peer
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|s| s.ssrc())
+        else {
+            return;
+        };
+        let clock_rate = track
+            .params
+            .first()
+            .map(|p| p.spec().clock_rate.get())
+            .unwrap_or(90_000);
+        let fkind = if kind == MediaKind::Audio {
+            forwarder::MediaKind::Audio
+        } else {
+            forwarder::MediaKind::Video
+        };
+        let mut fwd = Forwarder::new(
+            fkind,
+            clock_rate,
+            fastrand::u16(1..16_384),
+            fastrand::u32(..),
+        );
+        if track.mid.is_some() {
+            fwd.set_target(SourceId {
+                generation: room.generation,
+                layer: 0,
+            });
+        }
+        peer.egress.push(Egress {
+            mid,
+            track: track_index,
+            ssrc,
+            pt_map,
+            forwarder: fwd,
+        });
+    }
+
+    /// One packet from a publisher to every viewer of its track.
+    fn forward(&mut self, now: Instant, id: PeerId, packet: RtpPacket) {
+        let Some(publisher) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        let Some(room) = self.rooms.get(&publisher.room) else {
+            return;
+        };
+        let (track_index, layer) = match publisher.ingest.get(&ssrc) {
+            Some(v) => *v,
+            None => {
+                // First packet of this stream: find its m-line and layer once.
+                let mut api = publisher.rtc.direct_api();
+                let Some((mid, rid)) = api.stream_rx(&ssrc).map(|rx| (rx.mid(), rx.rid())) else {
+                    return;
+                };
+                let Some(t) = room.tracks.iter().position(|t| t.mid == Some(mid)) else {
+                    return;
+                };
+                let layer = room.tracks[t]
+                    .layers
+                    .iter()
+                    .position(|l| *l == rid)
+                    .unwrap_or(0) as u8;
+                publisher.ingest.insert(ssrc, (t, layer));
+                (t, layer)
+            }
+        };
+        let track = &room.tracks[track_index];
+        let source = SourceId {
+            generation: room.generation,
+            layer,
+        };
+        let pt = packet.header.payload_type;
+        let keyframe_start = match track.codec_of(pt).and_then(video_codec) {
+            Some(vc) => codec::is_keyframe_start(vc, &packet.payload),
+            None => false,
+        };
+        let vp8 = if track.codec_of(pt) == Some(Codec::Vp8) {
+            codec::parse_vp8_descriptor(&packet.payload)
+        } else {
+            None
+        };
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let mut wants_keyframe = false;
+        for &sid in &room.subscribers {
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                continue;
+            };
+            if !sub.connected {
+                continue;
+            }
+            let mut wrote = false;
+            for e in sub.egress.iter_mut().filter(|e| e.track == track_index) {
+                let Some(&(_, out_pt)) = e.pt_map.iter().find(|(p, _)| *p == pt) else {
+                    continue;
+                };
+                let Some(rw) = e.forwarder.forward(
+                    packet.timestamp,
+                    source,
+                    *packet.seq_no,
+                    packet.header.timestamp,
+                    keyframe_start,
+                    vp8.as_ref(),
+                ) else {
+                    wants_keyframe |=
+                        e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
+                    continue;
+                };
+                let mut write = RtpWrite::new(
+                    out_pt,
+                    rw.seq_no.into(),
+                    rw.timestamp,
+                    packet.timestamp,
+                    packet.payload.clone(),
+                )
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(true);
+                if let Some(v) = rw.vp8 {
+                    if let Some(patch) = vp8_patch(&packet.payload, v) {
+                        write = write.vp8_patch(patch);
+                    }
+                }
+                if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
+                    tx.write_rtp(write);
+                    wrote = true;
+                }
+            }
+            if wrote {
+                drain_peer(
+                    sid,
+                    sub,
+                    &mut self.transmits,
+                    &mut self.events,
+                    &mut self.timeouts,
+                );
+            }
+        }
+        if wants_keyframe {
+            let room_name = self
+                .peers
+                .get(&id)
+                .map(|p| p.room.clone())
+                .unwrap_or_default();
+            self.request_keyframe(now, &room_name, track_index, layer);
+        }
+    }
+
+    /// Asks the room's publisher for a keyframe on one layer, at most once
+    /// per `keyframe_request_interval`.
+    fn request_keyframe(&mut self, now: Instant, room: &str, track: usize, layer: u8) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(pid) = r.publisher else { return };
+        let Some(t) = r.tracks.get_mut(track) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        let (Some(mid), Some(rid)) = (t.mid, t.layers.get(layer as usize).copied()) else {
+            return;
+        };
+        let last = &mut t.last_keyframe_request[layer as usize];
+        if last.is_some_and(|at| now.saturating_duration_since(at) < interval) {
+            return;
+        }
+        *last = Some(now);
+        let Some(publisher) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if let Some(rx) = publisher.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            debug!(room, track, layer, "keyframe requested");
+        }
+        self.drain(pid);
+    }
+
+    /// Drops sessions that never connected, and viewers of rooms whose
+    /// publisher has been gone longer than the grace period.
+    fn expire(&mut self, now: Instant) {
+        let stale: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.connected
+                    && now.saturating_duration_since(p.created) > self.config.connect_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            info!("session never connected; dropped");
+            self.remove_peer(id, now);
+        }
+        let grace = self.config.publisher_grace;
+        let ended: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.orphaned_since
+                    .is_some_and(|t| now.saturating_duration_since(t) > grace)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ended {
+            info!(room = %name, "publisher did not return; ending the room's viewers");
+            if let Some(room) = self.rooms.remove(&name) {
+                for sid in room.subscribers {
+                    self.remove_peer(sid, now);
+                }
+            }
+        }
+    }
+
+    /// Closes a session (RTCP BYE + DTLS close_notify go out) and frees all it held.
+    fn remove_peer(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.rtc.is_alive() {
+            let _ = peer.rtc.close();
+            drain_peer(
+                id,
+                peer,
+                &mut self.transmits,
+                &mut self.events,
+                &mut self.timeouts,
+            );
+        }
+        let (room_name, role) = (peer.room.clone(), peer.role);
+        self.forget_peer(id);
+        // Drop the events the closing peer produced; nothing can act on them.
+        self.events.retain(|(pid, _)| *pid != id);
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        match role {
+            Role::Subscriber => room.subscribers.retain(|s| *s != id),
+            Role::Publisher if room.publisher == Some(id) => {
+                room.publisher = None;
+                for t in &mut room.tracks {
+                    t.mid = None;
+                }
+                if room.subscribers.is_empty() {
+                    self.rooms.remove(&room_name);
+                } else {
+                    room.orphaned_since = Some(now);
+                }
+                info!(room = %room_name, "publisher left");
+            }
+            Role::Publisher => {}
+        }
+    }
+
+    fn forget_peer(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.remove(&id) {
+            for a in &peer.addrs {
+                self.by_addr.remove(a);
+            }
+            self.by_ufrag.remove(&peer.ufrag);
+            self.by_session.remove(&peer.session);
+        }
+    }
+
+    /// Is this room live (has a publisher), for the HTTP layer.
+    pub fn room_is_live(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.publisher.is_some())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+/// RFC 9725 §4.4.1: every bundled section says `a=rtcp-mux-only` (RFC 8858);
+/// str0m writes only `a=rtcp-mux`.
+fn with_rtcp_mux_only(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.split_inclusive('\n') {
+        out.push_str(line);
+        if line.trim_end() == "a=rtcp-mux" {
+            out.push_str("a=rtcp-mux-only\r\n");
+        }
+    }
+    out
+}
+
+/// The mids of an SDP's media sections, in order.
+fn sdp_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(Mid::from)
+        .collect()
+}
+
+/// The first `a=ice-ufrag:` of an SDP (session or media level).
+fn sdp_ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_string)
+}
+
+/// str0m's VP8 descriptor patch for the forwarder's rewritten picture ids.
+fn vp8_patch(payload: &[u8], v: forwarder::Vp8Rewrite) -> Option<str0m::rtp::Vp8Patch> {
+    let mut builder = str0m::rtp::Vp8Descriptor::parse(payload).ok()?.patch();
+    if let Some(id) = v.picture_id {
+        builder = builder.picture_id(id);
+    }
+    if let Some(t) = v.tl0picidx {
+        builder = builder.tl0_pic_idx(t);
+    }
+    if let Some(k) = v.keyidx {
+        builder = builder.key_idx(k);
+    }
+    builder.build().ok()
+}
+
+/// Drains one peer's `poll_output` to its timeout.
+fn drain_peer(
+    id: PeerId,
+    peer: &mut Peer,
+    transmits: &mut VecDeque<Outgoing>,
+    events: &mut VecDeque<(PeerId, Event)>,
+    timeouts: &mut BinaryHeap<Reverse<(Instant, PeerId)>>,
+) {
+    loop {
+        match peer.rtc.poll_output() {
+            Ok(Output::Timeout(at)) => {
+                if at != peer.next_timeout {
+                    peer.next_timeout = at;
+                    timeouts.push(Reverse((at, id)));
+                }
+                return;
+            }
+            Ok(Output::Transmit(t)) => transmits.push_back(Outgoing {
+                destination: t.destination,
+                source_ip: peer.local_ip,
+                contents: t.contents.into(),
+            }),
+            Ok(Output::Event(e)) => events.push_back((id, e)),
+            Err(e) => {
+                debug!(session = %peer.session, "poll_output: {e}");
+                // A broken Rtc is inert from now on; the queued Closed removes it.
+                peer.rtc.disconnect();
+                events.push_back((id, Event::Closed));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The media core of Dionysia: rooms, publishers, subscribers, and the
+//! forwarding of RTP between them over one UDP port.
+//!
+//! ```text
+//!   HTTP edges (whip, whep) ──commands──► Sfu handle ──► media thread
+//!                                                          │
+//!   UDP :8189 ◄──► driver (socket, timers) ◄──► Engine ─ rooms ─ tracks
+//!                                                 │
+//!                           publisher rtc ─RTP─► Forwarder per viewer ─► viewer rtc
+//! ```
+//!
+//! Every peer is a str0m [`str0m::Rtc`] in RTP mode and ICE-lite: packets are
+//! forwarded with their header rewritten (sequence number, timestamp, payload
+//! type, SSRC), never depacketized. Datagrams reach their peer in O(1): by
+//! remote address, or for a new address by the ufrag in its STUN request.
+//!
+//! This crate never touches HTTP: the WHIP and WHEP crates call [`Sfu`].
+
+mod codec;
+mod config;
+mod driver;
+mod engine;
+mod error;
+mod forwarder;
+mod stun;
+
+pub use config::SfuConfig;
+pub use driver::Sfu;
+pub use engine::ACCEPTED_CODECS;
+pub use error::SfuError;
+
+/// Whether a session sends media into a room or watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// Identifies a session for PATCH and DELETE: its id, and the room and role
+/// the URL named (a session is only found under its own URL).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub room: String,
+    pub role: Role,
+    pub session: String,
+}
+
+/// A new session: its id (unguessable; the resource URL is its capability)
+/// and the SDP answer.
+#[derive(Debug, Clone)]
+pub struct SessionAnswer {
+    pub session: String,
+    pub sdp: String,
+    /// Our ICE ufrag: it changes exactly on an ICE restart (WHIP's ETag).
+    pub ice_ufrag: String,
+}
+
+/// What a PATCH body (RFC 8840 SDP fragment) carries.
+#[derive(Debug, Clone, Default)]
+pub struct IceFragment {
+    pub ufrag: Option<String>,
+    pub pwd: Option<String>,
+    /// `candidate:...` attribute values.
+    pub candidates: Vec<String>,
+    pub end_of_candidates: bool,
+}
+
+/// What a PATCH did.
+#[derive(Debug, Clone)]
+pub enum PatchOutcome {
+    /// Candidates were added.
+    Trickled,
+    /// ICE restarted with new credentials of ours.
+    Restarted {
+        ufrag: String,
+        pwd: String,
+        candidates: Vec<String>,
+    },
+}
