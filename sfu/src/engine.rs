@@ -833,6 +833,7 @@ impl Engine {
                 let Some(&(_, out_pt)) = e.pt_map.iter().find(|(p, _)| *p == pt) else {
                     continue;
                 };
+                let was = e.forwarder.current();
                 let Some(rw) = e.forwarder.forward(
                     packet.timestamp,
                     source,
@@ -845,6 +846,9 @@ impl Engine {
                         e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
                     continue;
                 };
+                if was != e.forwarder.current() {
+                    debug!(session = %sub.session, ?source, keyframe_start, "viewer switched source");
+                }
                 let mut write = RtpWrite::new(
                     out_pt,
                     rw.seq_no.into(),
