@@ -20,6 +20,8 @@ pub struct SfuConfig {
     pub keyframe_request_interval: Duration,
     /// How long a session may take to connect (ICE + DTLS) before it is dropped.
     pub connect_timeout: Duration,
+    /// Bytes of the current GOP kept per video layer for instant start (0: off).
+    pub gop_cache_bytes: usize,
 }
 
 impl Default for SfuConfig {
@@ -31,6 +33,7 @@ impl Default for SfuConfig {
             publisher_grace: Duration::from_secs(30),
             keyframe_request_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
+            gop_cache_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
+use crate::gop::{CachedPacket, GopCache};
 use crate::{
     stun, IceFragment, PatchOutcome, Role, SessionAnswer, SessionInfo, SfuConfig, SfuError,
 };
@@ -110,6 +111,8 @@ struct Track {
     /// Simulcast layers by rid; `[None]` without simulcast.
     layers: Vec<Option<Rid>>,
     last_keyframe_request: Vec<Option<Instant>>,
+    /// The current GOP of each layer (video only), for instant start.
+    gop: Vec<GopCache>,
 }
 
 impl Track {
@@ -609,13 +612,10 @@ impl Engine {
                 peer.connected = true;
                 info!(session = %peer.session, room = %peer.room, role = ?peer.role, "connected");
                 if peer.role == Role::Subscriber {
-                    // A picture at once: ask for a keyframe on every video track it watches.
+                    // A picture at once: replay the cached GOP where there is
+                    // one, else ask the publisher for a keyframe.
                     let room = peer.room.clone();
-                    let wanted: Vec<(usize, u8)> = peer
-                        .egress
-                        .iter()
-                        .filter_map(|e| e.forwarder.target().map(|s| (e.track, s.layer)))
-                        .collect();
+                    let wanted = self.replay_gops(now, id);
                     for (track, layer) in wanted {
                         self.request_keyframe(now, &room, track, layer);
                     }
@@ -655,6 +655,11 @@ impl Engine {
         if params.is_empty() {
             return;
         }
+        let gop_bytes = if kind == MediaKind::Video {
+            self.config.gop_cache_bytes
+        } else {
+            0
+        };
         let Some(room) = self.rooms.get_mut(&peer.room) else {
             return;
         };
@@ -674,6 +679,9 @@ impl Engine {
                 let t = &mut room.tracks[i];
                 t.params = params;
                 t.last_keyframe_request = vec![None; layers.len()];
+                t.gop = (0..layers.len())
+                    .map(|_| GopCache::new(gop_bytes))
+                    .collect();
                 t.layers = layers;
                 i
             }
@@ -683,6 +691,9 @@ impl Engine {
                     mid: None,
                     params,
                     last_keyframe_request: vec![None; layers.len()],
+                    gop: (0..layers.len())
+                        .map(|_| GopCache::new(gop_bytes))
+                        .collect(),
                     layers,
                 });
                 room.tracks.len() - 1
@@ -776,7 +787,7 @@ impl Engine {
             return;
         };
         let ssrc = packet.header.ssrc;
-        let Some(room) = self.rooms.get(&publisher.room) else {
+        let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
         let (track_index, layer) = match publisher.ingest.get(&ssrc) {
@@ -799,15 +810,27 @@ impl Engine {
                 (t, layer)
             }
         };
+        let pt = packet.header.payload_type;
+        let track = &mut room.tracks[track_index];
+        let keyframe_start = match track.codec_of(pt).and_then(video_codec) {
+            Some(vc) => codec::is_keyframe_start(vc, &packet.payload),
+            None => false,
+        };
+        if let Some(gop) = track.gop.get_mut(layer as usize) {
+            gop.push(CachedPacket {
+                seq_no: *packet.seq_no,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                pt: *pt,
+                payload: packet.payload.clone(),
+                keyframe_start,
+            });
+        }
+        let room = &*room;
         let track = &room.tracks[track_index];
         let source = SourceId {
             generation: room.generation,
             layer,
-        };
-        let pt = packet.header.payload_type;
-        let keyframe_start = match track.codec_of(pt).and_then(video_codec) {
-            Some(vc) => codec::is_keyframe_start(vc, &packet.payload),
-            None => false,
         };
         let vp8 = if track.codec_of(pt) == Some(Codec::Vp8) {
             codec::parse_vp8_descriptor(&packet.payload)
@@ -887,6 +910,81 @@ impl Engine {
                 .unwrap_or_default();
             self.request_keyframe(now, &room_name, track_index, layer);
         }
+    }
+
+    /// Starts a new viewer's video from each watched layer's cached GOP.
+    /// Returns the (track, layer) pairs that had none and need a keyframe.
+    fn replay_gops(&mut self, now: Instant, id: PeerId) -> Vec<(usize, u8)> {
+        let mut missing = Vec::new();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return missing;
+        };
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return missing;
+        };
+        let mut wrote = false;
+        for e in peer.egress.iter_mut() {
+            let Some(source) = e.forwarder.target() else {
+                continue;
+            };
+            let Some(track) = room.tracks.get(e.track) else {
+                continue;
+            };
+            if track.kind != MediaKind::Video {
+                continue;
+            }
+            let cached: Vec<&CachedPacket> = match track
+                .gop
+                .get(source.layer as usize)
+                .and_then(|g| g.packets())
+            {
+                Some(it) => it.collect(),
+                None => {
+                    missing.push((e.track, source.layer));
+                    continue;
+                }
+            };
+            let headers: Vec<(u64, u32, bool)> = cached
+                .iter()
+                .map(|p| (p.seq_no, p.timestamp, p.keyframe_start))
+                .collect();
+            let rewrites = e.forwarder.replay(now, source, &headers);
+            if rewrites.is_empty() {
+                missing.push((e.track, source.layer));
+                continue;
+            }
+            debug!(session = %peer.session, packets = rewrites.len(), "replaying the cached GOP");
+            for (p, rw) in cached.iter().zip(rewrites) {
+                let (Some(rw), Some(&(_, out_pt))) =
+                    (rw, e.pt_map.iter().find(|(i, _)| **i == p.pt))
+                else {
+                    continue;
+                };
+                let write = RtpWrite::new(
+                    out_pt,
+                    rw.seq_no.into(),
+                    rw.timestamp,
+                    now,
+                    p.payload.clone(),
+                )
+                .marker(p.marker)
+                .nackable(true);
+                if let Some(tx) = peer.rtc.direct_api().stream_tx(&e.ssrc) {
+                    tx.write_rtp(write);
+                    wrote = true;
+                }
+            }
+        }
+        if wrote {
+            drain_peer(
+                id,
+                peer,
+                &mut self.transmits,
+                &mut self.events,
+                &mut self.timeouts,
+            );
+        }
+        missing
     }
 
     /// Asks the room's publisher for a keyframe on one layer, at most once
@@ -985,6 +1083,7 @@ impl Engine {
                 room.publisher = None;
                 for t in &mut room.tracks {
                     t.mid = None;
+                    t.gop.iter_mut().for_each(GopCache::clear);
                 }
                 if room.subscribers.is_empty() {
                     self.rooms.remove(&room_name);
@@ -1010,10 +1109,6 @@ impl Engine {
     /// Is this room live (has a publisher), for the HTTP layer.
     pub fn room_is_live(&self, room: &str) -> bool {
         self.rooms.get(room).is_some_and(|r| r.publisher.is_some())
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.peers.len()
     }
 }
 

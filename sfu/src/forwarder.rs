@@ -30,6 +30,9 @@ pub struct Forwarder {
     ts_off: u32,
     next_seq: u64,
     next_ts: u32,
+    clock_rate: u32,
+    retime: Option<(Instant, u32)>,
+    replayed_up_to: Option<u64>,
 }
 impl Forwarder {
     pub fn new(
@@ -46,6 +49,9 @@ impl Forwarder {
             ts_off: 0,
             next_seq: initial_seq as u64,
             next_ts: initial_timestamp,
+            clock_rate: _clock_rate,
+            retime: None,
+            replayed_up_to: None,
         }
     }
     pub fn set_target(&mut self, s: SourceId) {
@@ -77,6 +83,17 @@ impl Forwarder {
             self.seq_off = self.next_seq.wrapping_sub(seq_no);
             self.ts_off = self.next_ts.wrapping_sub(timestamp);
         }
+        if self.replayed_up_to.is_some_and(|m| seq_no <= m) {
+            return None;
+        }
+        if let Some((at, last_ts)) = self.retime.take() {
+            let elapsed = _arrival.saturating_duration_since(at).as_micros() as u64
+                * self.clock_rate as u64
+                / 1_000_000;
+            self.ts_off = last_ts
+                .wrapping_add(elapsed.max(1) as u32)
+                .wrapping_sub(timestamp);
+        }
         let seq = seq_no.wrapping_add(self.seq_off);
         let ts = timestamp.wrapping_add(self.ts_off);
         if seq >= self.next_seq {
@@ -88,5 +105,45 @@ impl Forwarder {
             timestamp: ts,
             vp8: None,
         })
+    }
+
+    /// Starts the output with a cached GOP of `source` (keyframe first), its
+    /// timestamps squeezed to one tick per frame so the viewer decodes it at
+    /// once; the next live packet is re-timed from its arrival.
+    pub fn replay(
+        &mut self,
+        now: Instant,
+        source: SourceId,
+        packets: &[(u64, u32, bool)],
+    ) -> Vec<Option<Rewrite>> {
+        let Some(&(first_seq, _, true)) = packets.first() else {
+            return Vec::new();
+        };
+        if self.current.is_some() {
+            return Vec::new();
+        }
+        self.target = Some(source);
+        self.current = Some(source);
+        self.seq_off = self.next_seq.wrapping_sub(first_seq);
+        let mut ts = self.next_ts;
+        let mut prev_in: Option<u32> = None;
+        let mut out = Vec::with_capacity(packets.len());
+        for &(seq, t, _) in packets {
+            if prev_in.is_some_and(|p| p != t) {
+                ts = ts.wrapping_add(1);
+            }
+            prev_in = Some(t);
+            let s = seq.wrapping_add(self.seq_off);
+            self.next_seq = self.next_seq.max(s + 1);
+            out.push(Some(Rewrite {
+                seq_no: s,
+                timestamp: ts,
+                vp8: None,
+            }));
+        }
+        self.replayed_up_to = packets.last().map(|p| p.0);
+        self.retime = Some((now, ts));
+        self.next_ts = ts.wrapping_add(1);
+        out
     }
 }

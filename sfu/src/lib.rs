@@ -22,6 +22,7 @@ mod driver;
 mod engine;
 mod error;
 mod forwarder;
+mod gop;
 mod stun;
 
 pub use config::SfuConfig;
