@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::engine::{Engine, Outgoing};
-use crate::{IceFragment, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError};
+use crate::{
+    IceFragment, LayerRequest, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError,
+    ViewerState,
+};
 
 /// Longest the loop sleeps without looking at the engine's housekeeping.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
@@ -49,6 +52,15 @@ enum Command {
     IsLive {
         room: String,
         reply: oneshot::Sender<bool>,
+    },
+    SetLayer {
+        info: SessionInfo,
+        req: LayerRequest,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    ViewerState {
+        info: SessionInfo,
+        reply: oneshot::Sender<Result<ViewerState, SfuError>>,
     },
 }
 
@@ -172,6 +184,20 @@ impl Sfu {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// A viewer asks for a simulcast layer, a maximum height, or automatic choice.
+    pub async fn set_layer(&self, info: SessionInfo, req: LayerRequest) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SetLayer { info, req, reply })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// What a viewer receives now (layers, estimate, counters).
+    pub async fn viewer_state(&self, info: SessionInfo) -> Result<ViewerState, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ViewerState { info, reply })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     fn send(&self, c: Command) -> Result<(), SfuError> {
@@ -338,6 +364,12 @@ fn handle_command(engine: &mut Engine, command: Command) {
         }
         Command::IsLive { room, reply } => {
             let _ = reply.send(engine.room_is_live(&room));
+        }
+        Command::SetLayer { info, req, reply } => {
+            let _ = reply.send(engine.set_layer(now, &info, req));
+        }
+        Command::ViewerState { info, reply } => {
+            let _ = reply.send(engine.viewer_state(now, &info));
         }
     }
 }

@@ -18,8 +18,9 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
@@ -31,8 +32,11 @@ use tracing::{debug, info, warn};
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
 use crate::gop::{CachedPacket, GopCache};
+use crate::layers::{LayerCap, LayerInfo, LayerSelector};
+use crate::picture;
 use crate::{
-    stun, IceFragment, PatchOutcome, Role, SessionAnswer, SessionInfo, SfuConfig, SfuError,
+    stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
+    SessionInfo, SfuConfig, SfuError, ViewerState,
 };
 
 /// Engine-internal handle of a peer (one WHIP or WHEP session).
@@ -59,6 +63,8 @@ pub struct Engine {
     transmits: VecDeque<Outgoing>,
     events: VecDeque<(PeerId, Event)>,
     next_peer: PeerId,
+    next_tick: Option<Instant>,
+    last_tick: Option<Instant>,
 }
 
 struct Peer {
@@ -78,6 +84,8 @@ struct Peer {
     ingest: HashMap<Ssrc, (usize, u8)>,
     /// Subscriber: one entry per sending m-line.
     egress: Vec<Egress>,
+    /// Subscriber: its available bandwidth (TWCC or REMB), bits/s.
+    estimate: Option<u64>,
 }
 
 /// One subscriber m-line fed from one room track.
@@ -88,6 +96,10 @@ struct Egress {
     /// Publisher PT → our PT for this subscriber.
     pt_map: Vec<(Pt, Pt)>,
     forwarder: Forwarder,
+    /// Video: which layer this viewer should get.
+    selector: LayerSelector,
+    forwarded: u64,
+    dropped: u64,
 }
 
 struct Room {
@@ -113,6 +125,34 @@ struct Track {
     last_keyframe_request: Vec<Option<Instant>>,
     /// The current GOP of each layer (video only), for instant start.
     gop: Vec<GopCache>,
+    /// Rate and liveness of each layer.
+    stats: Vec<LayerStats>,
+}
+
+/// Measured state of one layer.
+#[derive(Debug, Default, Clone)]
+struct LayerStats {
+    /// Payload bytes since the last tick.
+    bytes: u64,
+    /// Smoothed bitrate, bits/s.
+    bitrate: u64,
+    last_packet: Option<Instant>,
+    height: u32,
+}
+
+impl Track {
+    fn layer_infos(&self, now: Instant) -> Vec<LayerInfo> {
+        self.stats
+            .iter()
+            .map(|s| LayerInfo {
+                bitrate: s.bitrate,
+                height: s.height,
+                active: self.mid.is_some()
+                    && s.last_packet
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE),
+            })
+            .collect()
+    }
 }
 
 impl Track {
@@ -145,6 +185,15 @@ fn publisher_rtc_config() -> RtcConfig {
         .enable_av1(true)
         .enable_opus(true, false)
 }
+
+/// How often layer rates are measured and viewers' layers chosen.
+const LAYER_TICK: Duration = Duration::from_millis(500);
+/// A layer with no packet for this long is taken as stopped.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// Bandwidth kept aside for a viewer's audio when sharing its estimate.
+const AUDIO_ALLOWANCE: u64 = 100_000;
+/// Where a viewer's bandwidth estimate starts before probing.
+const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_500);
 
 /// What a publisher may send us, said in errors.
 pub const ACCEPTED_CODECS: &str = "H264 (packetization-mode=1), VP8, VP9, AV1, Opus";
@@ -180,6 +229,8 @@ impl Engine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_peer: 1,
+            next_tick: None,
+            last_tick: None,
         }
     }
 
@@ -269,6 +320,10 @@ impl Engine {
             self.drain(id);
         }
         self.process_events(now);
+        if self.next_tick.is_none_or(|t| now >= t) {
+            self.tick(now);
+            self.next_tick = Some(now + LAYER_TICK);
+        }
         self.expire(now);
     }
 
@@ -276,7 +331,9 @@ impl Engine {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             match self.peers.get(&id) {
-                Some(p) if p.next_timeout == at => return Some(at),
+                Some(p) if p.next_timeout == at => {
+                    return Some(self.next_tick.map_or(at, |t| t.min(at)))
+                }
                 _ => {
                     self.timeouts.pop();
                 }
@@ -369,7 +426,10 @@ impl Engine {
             .iter()
             .flat_map(|t| t.params.iter().copied())
             .collect();
-        let mut rtc = RtcConfig::new().set_ice_lite(true).set_rtp_mode(true);
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .enable_bwe(Some(INITIAL_ESTIMATE));
         *rtc.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
         let id = self.create_peer(now, room, Role::Subscriber, rtc);
         let answer = self.accept(id, offer)?;
@@ -531,6 +591,7 @@ impl Engine {
                 connected: false,
                 ingest: HashMap::new(),
                 egress: Vec::new(),
+                estimate: None,
             },
         );
         id
@@ -608,6 +669,10 @@ impl Engine {
                     }
                 }
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+            | Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
+                peer.estimate = Some(estimate.as_u64());
+            }
             Event::Connected => {
                 peer.connected = true;
                 info!(session = %peer.session, room = %peer.room, role = ?peer.role, "connected");
@@ -682,6 +747,7 @@ impl Engine {
                 t.gop = (0..layers.len())
                     .map(|_| GopCache::new(gop_bytes))
                     .collect();
+                t.stats = vec![LayerStats::default(); layers.len()];
                 t.layers = layers;
                 i
             }
@@ -694,6 +760,7 @@ impl Engine {
                     gop: (0..layers.len())
                         .map(|_| GopCache::new(gop_bytes))
                         .collect(),
+                    stats: vec![LayerStats::default(); layers.len()],
                     layers,
                 });
                 room.tracks.len() - 1
@@ -719,7 +786,7 @@ impl Engine {
     }
 
     /// A subscriber m-line is fed from the room's next free track of its kind.
-    fn bind_subscriber_media(&mut self, _now: Instant, id: PeerId, mid: Mid, kind: MediaKind) {
+    fn bind_subscriber_media(&mut self, now: Instant, id: PeerId, mid: Mid, kind: MediaKind) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
@@ -742,14 +809,14 @@ impl Engine {
             .iter()
             .filter_map(|p| config.match_params(*p).map(|ours| (p.pt(), ours.pt())))
             .collect();
-        let Some(ssrc) = peer
-            .rtc
-            .direct_api()
-            .stream_tx_by_mid(mid, None)
-            .map(|s| s.ssrc())
-        else {
+        let mut api = peer.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
+        // Forward as packets come (as mediasoup and Janus do): BWE is for
+        // choosing layers, not for delaying packets in a pacer.
+        tx.set_unpaced(true);
+        let ssrc = tx.ssrc();
         let clock_rate = track
             .params
             .first()
@@ -766,10 +833,14 @@ impl Engine {
             fastrand::u16(1..16_384),
             fastrand::u32(..),
         );
+        let mut selector = LayerSelector::default();
         if track.mid.is_some() {
+            let layer = selector
+                .choose(now, &track.layer_infos(now), None)
+                .unwrap_or(0);
             fwd.set_target(SourceId {
                 generation: room.generation,
-                layer: 0,
+                layer: layer as u8,
             });
         }
         peer.egress.push(Egress {
@@ -778,6 +849,9 @@ impl Engine {
             ssrc,
             pt_map,
             forwarder: fwd,
+            selector,
+            forwarded: 0,
+            dropped: 0,
         });
     }
 
@@ -816,6 +890,20 @@ impl Engine {
             Some(vc) => codec::is_keyframe_start(vc, &packet.payload),
             None => false,
         };
+        let size = match keyframe_start {
+            true => track
+                .codec_of(pt)
+                .and_then(video_codec)
+                .and_then(|vc| picture::size(vc, &packet.payload)),
+            false => None,
+        };
+        if let Some(st) = track.stats.get_mut(layer as usize) {
+            st.bytes += packet.payload.len() as u64;
+            st.last_packet = Some(now);
+            if let Some((_, h)) = size {
+                st.height = h;
+            }
+        }
         if let Some(gop) = track.gop.get_mut(layer as usize) {
             gop.push(CachedPacket {
                 seq_no: *packet.seq_no,
@@ -865,6 +953,7 @@ impl Engine {
                     keyframe_start,
                     vp8.as_ref(),
                 ) else {
+                    e.dropped += 1;
                     wants_keyframe |=
                         e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
                     continue;
@@ -890,6 +979,7 @@ impl Engine {
                 if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
                     tx.write_rtp(write);
                     wrote = true;
+                    e.forwarded += 1;
                 }
             }
             if wrote {
@@ -910,6 +1000,209 @@ impl Engine {
                 .unwrap_or_default();
             self.request_keyframe(now, &room_name, track_index, layer);
         }
+    }
+
+    /// Every `LAYER_TICK`: measure each layer's bitrate, choose each
+    /// viewer's layer from its bandwidth, and ask for the keyframes that
+    /// pending switches wait for.
+    fn tick(&mut self, now: Instant) {
+        let elapsed = self
+            .last_tick
+            .map_or(LAYER_TICK, |t| now.saturating_duration_since(t));
+        self.last_tick = Some(now);
+        let secs = elapsed.as_secs_f64().max(0.05);
+        let mut keyframes: Vec<(String, usize, u8)> = Vec::new();
+        for (name, room) in self.rooms.iter_mut() {
+            for t in room.tracks.iter_mut() {
+                for st in t.stats.iter_mut() {
+                    let rate = (st.bytes as f64 * 8.0 / secs) as u64;
+                    st.bitrate = if st.bitrate == 0 {
+                        rate
+                    } else {
+                        (st.bitrate * 3 + rate) / 4
+                    };
+                    st.bytes = 0;
+                }
+            }
+            if room.publisher.is_none() {
+                continue;
+            }
+            let infos: Vec<Vec<LayerInfo>> =
+                room.tracks.iter().map(|t| t.layer_infos(now)).collect();
+            for sid in &room.subscribers {
+                let Some(sub) = self.peers.get_mut(sid) else {
+                    continue;
+                };
+                let videos = sub
+                    .egress
+                    .iter()
+                    .filter(|e| room.tracks[e.track].kind == MediaKind::Video)
+                    .count()
+                    .max(1);
+                let share = sub
+                    .estimate
+                    .map(|e| e.saturating_sub(AUDIO_ALLOWANCE) / videos as u64);
+                // What BWE should probe for (the best layers, with headroom)
+                // and the padding floor (the next layer up from each current).
+                let (mut desired, mut minimum) = (0u64, 0u64);
+                for e in sub.egress.iter_mut() {
+                    let track = &room.tracks[e.track];
+                    if track.kind != MediaKind::Video {
+                        continue;
+                    }
+                    let layers = &infos[e.track];
+                    let Some(layer) = e.selector.choose(now, layers, share) else {
+                        continue;
+                    };
+                    let top = layers
+                        .iter()
+                        .filter(|l| l.active)
+                        .map(|l| l.bitrate)
+                        .max()
+                        .unwrap_or(0);
+                    let current = layers.get(layer).map_or(0, |l| l.bitrate);
+                    let next_up = layers
+                        .iter()
+                        .filter(|l| l.active && l.bitrate > current)
+                        .map(|l| l.bitrate)
+                        .min()
+                        .unwrap_or(current);
+                    desired += with_headroom(top) * 5 / 4;
+                    minimum += with_headroom(next_up);
+                    let source = SourceId {
+                        generation: room.generation,
+                        layer: layer as u8,
+                    };
+                    if e.forwarder.target() != Some(source) {
+                        debug!(session = %sub.session, layer, ?share, "viewer layer target changed");
+                        e.forwarder.set_target(source);
+                    }
+                    if e.forwarder.needs_keyframe() {
+                        keyframes.push((name.clone(), e.track, layer as u8));
+                    }
+                }
+                if desired > 0 && sub.connected {
+                    let desired = desired + AUDIO_ALLOWANCE;
+                    let minimum = (minimum + AUDIO_ALLOWANCE).min(desired);
+                    sub.rtc
+                        .bwe()
+                        .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+                    drain_peer(
+                        *sid,
+                        sub,
+                        &mut self.transmits,
+                        &mut self.events,
+                        &mut self.timeouts,
+                    );
+                }
+            }
+        }
+        for (room, track, layer) in keyframes {
+            self.request_keyframe(now, &room, track, layer);
+        }
+    }
+
+    /// A viewer asks for a layer (or automatic choice again).
+    pub fn set_layer(
+        &mut self,
+        now: Instant,
+        info: &SessionInfo,
+        req: LayerRequest,
+    ) -> Result<(), SfuError> {
+        let id = self.session_peer(info)?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoSession)?;
+        let room = self.rooms.get(&peer.room).ok_or(SfuError::NoSession)?;
+        let mut matched = false;
+        for e in peer.egress.iter_mut() {
+            let track = &room.tracks[e.track];
+            if track.kind != MediaKind::Video {
+                continue;
+            }
+            if req.media_id.as_deref().is_some_and(|m| m != &*e.mid) {
+                continue;
+            }
+            let cap = match (&req.rid, req.max_height) {
+                (Some(rid), _) => {
+                    let Some(i) = track
+                        .layers
+                        .iter()
+                        .position(|l| l.as_deref() == Some(rid.as_str()))
+                    else {
+                        return Err(SfuError::BadLayer(format!(
+                            "no layer {rid:?}; the publisher sends {}",
+                            rid_list(track)
+                        )));
+                    };
+                    LayerCap::Layer(i)
+                }
+                (None, Some(h)) => LayerCap::MaxHeight(h),
+                (None, None) => LayerCap::Auto,
+            };
+            e.selector.set_cap(cap);
+            matched = true;
+        }
+        if !matched {
+            return Err(SfuError::BadLayer("no video m-line matches".into()));
+        }
+        // Act now rather than at the next tick.
+        self.tick(now);
+        Ok(())
+    }
+
+    /// What a viewer receives now.
+    pub fn viewer_state(&self, now: Instant, info: &SessionInfo) -> Result<ViewerState, SfuError> {
+        let id = self.session_peer(info)?;
+        let peer = self.peers.get(&id).ok_or(SfuError::NoSession)?;
+        let room = self.rooms.get(&peer.room).ok_or(SfuError::NoSession)?;
+        let video = peer
+            .egress
+            .iter()
+            .filter(|e| room.tracks[e.track].kind == MediaKind::Video)
+            .map(|e| {
+                let track = &room.tracks[e.track];
+                let infos = track.layer_infos(now);
+                LayerView {
+                    media_id: e.mid.to_string(),
+                    layers: track
+                        .layers
+                        .iter()
+                        .zip(infos)
+                        .map(|(rid, i)| LayerState {
+                            rid: rid.map(|r| r.to_string()),
+                            bitrate: i.bitrate,
+                            height: i.height,
+                            active: i.active,
+                        })
+                        .collect(),
+                    current: e
+                        .forwarder
+                        .current()
+                        .filter(|s| s.generation == room.generation)
+                        .map(|s| s.layer as usize),
+                    target: e.forwarder.target().map(|s| s.layer as usize),
+                    requested: match e.selector.cap() {
+                        LayerCap::Auto => "auto".into(),
+                        LayerCap::Layer(i) => format!(
+                            "rid:{}",
+                            track
+                                .layers
+                                .get(i)
+                                .copied()
+                                .flatten()
+                                .map(|r| r.to_string())
+                                .unwrap_or_default()
+                        ),
+                        LayerCap::MaxHeight(h) => format!("max-height:{h}"),
+                    },
+                    packets_forwarded: e.forwarded,
+                    packets_dropped: e.dropped,
+                }
+            })
+            .collect();
+        Ok(ViewerState {
+            estimated_bitrate: peer.estimate,
+            video,
+        })
     }
 
     /// Starts a new viewer's video from each watched layer's cached GOP.
@@ -1109,6 +1402,25 @@ impl Engine {
     /// Is this room live (has a publisher), for the HTTP layer.
     pub fn room_is_live(&self, room: &str) -> bool {
         self.rooms.get(room).is_some_and(|r| r.publisher.is_some())
+    }
+}
+
+/// The estimate a layer needs before the selector moves up to it.
+fn with_headroom(bitrate: u64) -> u64 {
+    (bitrate as f64 / crate::layers::UP_HEADROOM) as u64
+}
+
+fn rid_list(track: &Track) -> String {
+    let rids: Vec<String> = track
+        .layers
+        .iter()
+        .flatten()
+        .map(|r| r.to_string())
+        .collect();
+    if rids.is_empty() {
+        "no simulcast layers".into()
+    } else {
+        rids.join(", ")
     }
 }
 

@@ -25,6 +25,9 @@ pub enum SfuError {
     /// A PATCH named an ICE session (ufrag) that is no longer current.
     #[error("the ICE session has changed (stale ETag)")]
     StaleIceSession,
+    /// A layer request named no layer of the room.
+    #[error("{0}")]
+    BadLayer(String),
     /// The trickle/ICE-restart fragment was malformed.
     #[error("the SDP fragment is malformed: {0}")]
     BadFragment(String),

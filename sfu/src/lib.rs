@@ -23,6 +23,8 @@ mod engine;
 mod error;
 mod forwarder;
 mod gop;
+mod layers;
+mod picture;
 mod stun;
 
 pub use config::SfuConfig;
@@ -77,4 +79,49 @@ pub enum PatchOutcome {
         pwd: String,
         candidates: Vec<String>,
     },
+}
+
+/// A viewer's request for a simulcast layer (the WHEP layer extension's
+/// body): a rid, a maximum height, or nothing for automatic choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRequest {
+    /// The viewer's m-line; all video m-lines when absent.
+    #[serde(default)]
+    pub media_id: Option<String>,
+    #[serde(default)]
+    pub rid: Option<String>,
+    #[serde(default)]
+    pub max_height: Option<u32>,
+}
+
+/// What one viewer's video m-line receives now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerView {
+    pub media_id: String,
+    /// The publisher's layers: rid (`null` without simulcast), bitrate, height, active.
+    pub layers: Vec<LayerState>,
+    /// The layer being forwarded now, and the one the viewer should get.
+    pub current: Option<usize>,
+    pub target: Option<usize>,
+    /// `auto`, `rid:<rid>` or `max-height:<h>`.
+    pub requested: String,
+    pub packets_forwarded: u64,
+    pub packets_dropped: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerState {
+    pub rid: Option<String>,
+    pub bitrate: u64,
+    pub height: u32,
+    pub active: bool,
+}
+
+/// A viewer session's state, for the API and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewerState {
+    /// Available bandwidth estimated from the viewer's feedback, bits/s.
+    pub estimated_bitrate: Option<u64>,
+    pub video: Vec<LayerView>,
 }

@@ -14,10 +14,11 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Json;
 use axum::Router;
-use sfu::Role;
+use sfu::{LayerRequest, Role, SessionInfo};
 use wish::{Problem, Wish};
 
 /// Routes under `/whep`.
@@ -32,6 +33,10 @@ pub fn router() -> Router<Wish> {
         .route(
             "/whep/{room}/{session}",
             wish::session_resource(Role::Subscriber),
+        )
+        .route(
+            "/whep/{room}/{session}/layer",
+            post(select_layer).get(layer_state),
         )
 }
 
@@ -48,5 +53,61 @@ async fn subscribe(
     wish::check_offer(&offer)?;
     let answer = w.sfu.subscribe(&room, offer).await?;
     let location = format!("/whep/{room}/{}", answer.session);
-    Ok(wish::created(&w, location, answer, &[]))
+    let layer = format!("<{location}/layer>; rel=\"{LAYER_EXTENSION}\"");
+    Ok(wish::created(&w, location, answer, &[layer]))
+}
+
+/// The WHEP layer extension's link relation (draft-ietf-wish-whep core
+/// extensions): a viewer POSTs `{"mediaId"?, "rid"?, "maxHeight"?}` to choose
+/// a simulcast layer, `{}` for automatic choice.
+pub const LAYER_EXTENSION: &str = "urn:ietf:params:whep:ext:core:layer";
+
+async fn select_layer(
+    State(w): State<Wish>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let text = wish::read_text_body(&headers, body, "application/json")
+        .await
+        .or_else(|p| {
+            // `{}` and an empty body both mean "automatic".
+            if p.status == 400 {
+                Ok("{}".to_string())
+            } else {
+                Err(p)
+            }
+        })?;
+    let req: LayerRequest = serde_json::from_str(&text).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-layer",
+            format!("layer request: {e}"),
+        )
+    })?;
+    let info = SessionInfo {
+        room,
+        role: Role::Subscriber,
+        session,
+    };
+    w.sfu.set_layer(info.clone(), req).await?;
+    let state = w.sfu.viewer_state(info).await?;
+    Ok((StatusCode::OK, Json(state)).into_response())
+}
+
+/// What the session receives now: layers, current and target layer,
+/// estimated bandwidth, packets forwarded and dropped.
+async fn layer_state(
+    State(w): State<Wish>,
+    Path((room, session)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let state = w
+        .sfu
+        .viewer_state(SessionInfo {
+            room,
+            role: Role::Subscriber,
+            session,
+        })
+        .await?;
+    Ok(Json(state).into_response())
 }

@@ -162,6 +162,7 @@ impl From<SfuError> for Problem {
             SfuError::NotLive(_) => Problem::new(StatusCode::CONFLICT, "not-live", detail)
                 .retry_after(NOT_LIVE_RETRY_AFTER),
             SfuError::NoSession => Problem::not_found(detail),
+            SfuError::BadLayer(_) => Problem::new(StatusCode::BAD_REQUEST, "bad-layer", detail),
             SfuError::StaleIceSession => {
                 Problem::new(StatusCode::PRECONDITION_FAILED, "stale-etag", detail)
             }
