@@ -17,7 +17,13 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v ffmpeg >/dev/null || need_pkgs+=(ffmpeg)
 command -v ffprobe >/dev/null || need_pkgs+=(ffmpeg)
 command -v nasm >/dev/null || need_pkgs+=(nasm)
-command -v whip-client >/dev/null || need_pkgs+=(simple-whip-client gstreamer1.0-plugins-bad gstreamer1.0-plugins-good gstreamer1.0-nice)
+command -v whip-client >/dev/null || need_pkgs+=(simple-whip-client gstreamer1.0-nice)
+# GStreamer RTMP publishers (librtmp's rtmpsink is OBS's RTMP stack) and encoders.
+gst_ok=1
+for element in x264enc voaacenc flvmux rtmpsink rtmp2sink webrtcbin; do
+  gst-inspect-1.0 "$element" >/dev/null 2>&1 || gst_ok=0
+done
+[ "$gst_ok" = 1 ] || need_pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly)
 command -v node >/dev/null || need_pkgs+=(nodejs npm)
 python3 -c 'import venv' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

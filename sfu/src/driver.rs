@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::engine::{Engine, Outgoing};
+use crate::RoomStatus;
 use crate::{
     IceFragment, LayerRequest, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError,
     ViewerState,
@@ -61,6 +62,19 @@ enum Command {
     ViewerState {
         info: SessionInfo,
         reply: oneshot::Sender<Result<ViewerState, SfuError>>,
+    },
+    RoomsStatus {
+        room: Option<String>,
+        reply: oneshot::Sender<Vec<RoomStatus>>,
+    },
+    Kick {
+        room: String,
+        session: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    CloseRoom {
+        room: String,
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -198,6 +212,54 @@ impl Sfu {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ViewerState { info, reply })?;
         rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Every room that has sessions now.
+    pub async fn rooms_status(&self) -> Vec<RoomStatus> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Command::RoomsStatus { room: None, reply })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// One room's live state; `None` when it has no session.
+    pub async fn room_status(&self, room: &str) -> Option<RoomStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::RoomsStatus {
+            room: Some(room.into()),
+            reply,
+        })
+        .ok()?;
+        rx.await.ok()?.into_iter().next()
+    }
+
+    /// Ends one session (publisher or viewer) of a room.
+    pub async fn kick(&self, room: &str, session: &str) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Kick {
+            room: room.into(),
+            session: session.into(),
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Ends every session of a room.
+    pub async fn close_room(&self, room: &str) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Command::CloseRoom {
+                room: room.into(),
+                reply,
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
 
     fn send(&self, c: Command) -> Result<(), SfuError> {
@@ -370,6 +432,24 @@ fn handle_command(engine: &mut Engine, command: Command) {
         }
         Command::ViewerState { info, reply } => {
             let _ = reply.send(engine.viewer_state(now, &info));
+        }
+        Command::RoomsStatus { room, reply } => {
+            let status = match room {
+                Some(r) => engine.room_status(now, &r).into_iter().collect(),
+                None => engine.rooms_status(now),
+            };
+            let _ = reply.send(status);
+        }
+        Command::Kick {
+            room,
+            session,
+            reply,
+        } => {
+            let _ = reply.send(engine.kick(now, &room, &session));
+        }
+        Command::CloseRoom { room, reply } => {
+            engine.close_room(now, &room);
+            let _ = reply.send(());
         }
     }
 }

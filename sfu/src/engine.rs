@@ -38,6 +38,7 @@ use crate::{
     stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
     SessionInfo, SfuConfig, SfuError, ViewerState,
 };
+use crate::{PublisherStatus, RoomStatus, TrackStatus, ViewerSummary};
 
 /// Engine-internal handle of a peer (one WHIP or WHEP session).
 type PeerId = u64;
@@ -1397,6 +1398,117 @@ impl Engine {
             self.by_ufrag.remove(&peer.ufrag);
             self.by_session.remove(&peer.session);
         }
+    }
+
+    /// Every room with sessions, as the room API shows them.
+    pub fn rooms_status(&self, now: Instant) -> Vec<RoomStatus> {
+        let mut names: Vec<&String> = self.rooms.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| self.room_status(now, n))
+            .collect()
+    }
+
+    /// One room's publisher, tracks and viewers; `None` if it has no session.
+    pub fn room_status(&self, now: Instant, name: &str) -> Option<RoomStatus> {
+        let room = self.rooms.get(name)?;
+        let secs = |p: &Peer| now.saturating_duration_since(p.created).as_secs_f64();
+        let publisher =
+            room.publisher
+                .and_then(|id| self.peers.get(&id))
+                .map(|p| PublisherStatus {
+                    session: p.session.clone(),
+                    ingest: "whip".into(),
+                    connected: p.connected,
+                    uptime_secs: secs(p),
+                });
+        let tracks = room
+            .tracks
+            .iter()
+            .map(|t| TrackStatus {
+                kind: if t.kind == MediaKind::Audio {
+                    "audio"
+                } else {
+                    "video"
+                }
+                .into(),
+                codec: t
+                    .params
+                    .first()
+                    .map(|p| p.spec().codec.to_string())
+                    .unwrap_or_default(),
+                layers: t
+                    .layers
+                    .iter()
+                    .zip(t.layer_infos(now))
+                    .map(|(rid, i)| LayerState {
+                        rid: rid.map(|r| r.to_string()),
+                        bitrate: i.bitrate,
+                        height: i.height,
+                        active: i.active,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let viewers = room
+            .subscribers
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|p| ViewerSummary {
+                session: p.session.clone(),
+                connected: p.connected,
+                uptime_secs: secs(p),
+                estimated_bitrate: p.estimate,
+                layer: p
+                    .egress
+                    .iter()
+                    .filter(|e| room.tracks[e.track].kind == MediaKind::Video)
+                    .find_map(|e| e.forwarder.current())
+                    .and_then(|s| {
+                        room.tracks
+                            .iter()
+                            .find(|t| t.kind == MediaKind::Video)?
+                            .layers
+                            .get(s.layer as usize)
+                            .copied()
+                            .flatten()
+                    })
+                    .map(|r| r.to_string()),
+            })
+            .collect();
+        let live = publisher.as_ref().is_some_and(|p| p.connected);
+        Some(RoomStatus {
+            room: name.to_string(),
+            live,
+            publisher,
+            tracks,
+            viewers,
+        })
+    }
+
+    /// Ends one session of a room, publisher or viewer (the room API's kick).
+    pub fn kick(&mut self, now: Instant, room: &str, session: &str) -> Result<(), SfuError> {
+        let id = *self.by_session.get(session).ok_or(SfuError::NoSession)?;
+        if self.peers.get(&id).is_none_or(|p| p.room != room) {
+            return Err(SfuError::NoSession);
+        }
+        self.remove_peer(id, now);
+        Ok(())
+    }
+
+    /// Ends every session of a room (the room was deleted or its key rotated).
+    pub fn close_room(&mut self, now: Instant, room: &str) {
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove_peer(id, now);
+        }
+        self.rooms.remove(room);
     }
 
     /// Is this room live (has a publisher), for the HTTP layer.

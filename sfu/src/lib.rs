@@ -125,3 +125,43 @@ pub struct ViewerState {
     pub estimated_bitrate: Option<u64>,
     pub video: Vec<LayerView>,
 }
+
+/// A room as the room API and metrics see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomStatus {
+    pub room: String,
+    /// A publisher is connected and sending.
+    pub live: bool,
+    pub publisher: Option<PublisherStatus>,
+    pub tracks: Vec<TrackStatus>,
+    pub viewers: Vec<ViewerSummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublisherStatus {
+    pub session: String,
+    /// `whip` (later also `rtmp`).
+    pub ingest: String,
+    pub connected: bool,
+    /// Seconds since the session began.
+    pub uptime_secs: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrackStatus {
+    /// `audio` or `video`.
+    pub kind: String,
+    /// e.g. `H264`, `VP8`, `opus`.
+    pub codec: String,
+    pub layers: Vec<LayerState>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewerSummary {
+    pub session: String,
+    pub connected: bool,
+    pub uptime_secs: f64,
+    pub estimated_bitrate: Option<u64>,
+    /// The rid of the video layer being forwarded (`null` without simulcast).
+    pub layer: Option<String>,
+}
