@@ -17,7 +17,11 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v ffmpeg >/dev/null || need_pkgs+=(ffmpeg)
 command -v ffprobe >/dev/null || need_pkgs+=(ffmpeg)
 command -v nasm >/dev/null || need_pkgs+=(nasm)
-command -v whip-client >/dev/null || need_pkgs+=(simple-whip-client gstreamer1.0-nice)
+# GStreamer's webrtcbin driven from Python (tests/interop/gst_whip_publish.py):
+# Debian 12's simple-whip-client aborts at start (libsoup 2 and 3 in one process).
+/usr/bin/python3 -c "import gi; gi.require_version('GstWebRTC','1.0'); gi.require_version('Nice','0.1')" 2>/dev/null \
+  || need_pkgs+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-nice)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 # GStreamer RTMP publishers (librtmp's rtmpsink is OBS's RTMP stack) and encoders.
 gst_ok=1
 for element in x264enc voaacenc flvmux rtmpsink rtmp2sink webrtcbin; do
@@ -40,13 +44,17 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && { [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; })
 fi
 
-# --- Python packages for the second WebRTC stack (aiortc) ------------------
+# --- Python packages: the second WebRTC stack (aiortc) and schemathesis -----
+# (tests/api/requirements.txt: run against the room API's OpenAPI document)
 venv="$root/target/test-venv"
 if [ -f tests/interop/requirements.txt ]; then
-  if [ ! -x "$venv/bin/python" ] || [ tests/interop/requirements.txt -nt "$venv/.installed" ]; then
-    log "python venv with aiortc in $venv"
+  py_reqs=(-r tests/interop/requirements.txt)
+  [ -f tests/api/requirements.txt ] && py_reqs+=(-r tests/api/requirements.txt)
+  if [ ! -x "$venv/bin/python" ] || [ tests/interop/requirements.txt -nt "$venv/.installed" ] \
+     || { [ -f tests/api/requirements.txt ] && [ tests/api/requirements.txt -nt "$venv/.installed" ]; }; then
+    log "python venv with aiortc and schemathesis in $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+    "$venv/bin/pip" install -q --disable-pip-version-check "${py_reqs[@]}"
     touch "$venv/.installed"
   fi
   export DIONYSIA_TEST_PYTHON="$venv/bin/python"

@@ -25,7 +25,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Receive buffer per datagram; WebRTC datagrams stay under ~1,500 bytes.
 const DATAGRAM_BUF: usize = 2048;
 
-enum Command {
+pub(crate) enum Command {
     Publish {
         room: String,
         offer: String,
@@ -75,6 +75,32 @@ enum Command {
     CloseRoom {
         room: String,
         reply: oneshot::Sender<()>,
+    },
+    AddTap {
+        room: String,
+        tap: mpsc::Sender<crate::TapEvent>,
+    },
+    TapKeyframe {
+        room: String,
+        track: usize,
+        layer: u8,
+    },
+    PublishInternal {
+        room: String,
+        ingest: String,
+        tracks: Vec<crate::IngestCodec>,
+        #[allow(clippy::type_complexity)]
+        reply: oneshot::Sender<
+            Result<(u64, String, mpsc::UnboundedReceiver<crate::IngestSignal>), SfuError>,
+        >,
+    },
+    Ingest {
+        id: u64,
+        track: usize,
+        packet: crate::IngestPacket,
+    },
+    EndInternal {
+        id: u64,
     },
 }
 
@@ -260,6 +286,53 @@ impl Sfu {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Subscribes in process to a room's media (live now or later): the
+    /// HLS bridge's input. Dropping the [`crate::Tap`] unsubscribes.
+    pub fn tap(&self, room: &str) -> crate::Tap {
+        let (tap, events) = mpsc::channel(crate::TAP_QUEUE);
+        let _ = self.send(Command::AddTap {
+            room: room.into(),
+            tap,
+        });
+        crate::Tap {
+            events,
+            room: room.into(),
+            sfu: self.clone(),
+        }
+    }
+
+    /// An in-process publisher (e.g. an RTMP connection, `ingest` = "rtmp")
+    /// joins `room` with these tracks, in this order.
+    pub async fn publish_internal(
+        &self,
+        room: &str,
+        ingest: &str,
+        tracks: Vec<crate::IngestCodec>,
+    ) -> Result<crate::InternalPublisher, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::PublishInternal {
+            room: room.into(),
+            ingest: ingest.into(),
+            tracks,
+            reply,
+        })?;
+        let (id, session, signals) = rx.await.map_err(|_| SfuError::Stopped)??;
+        Ok(crate::InternalPublisher {
+            id,
+            session,
+            commands: self.commands.clone(),
+            signals,
+        })
+    }
+
+    pub(crate) fn tap_keyframe(&self, room: &str, track: usize, layer: u8) {
+        let _ = self.send(Command::TapKeyframe {
+            room: room.into(),
+            track,
+            layer,
+        });
     }
 
     fn send(&self, c: Command) -> Result<(), SfuError> {
@@ -451,5 +524,19 @@ fn handle_command(engine: &mut Engine, command: Command) {
             engine.close_room(now, &room);
             let _ = reply.send(());
         }
+        Command::AddTap { room, tap } => engine.add_tap(&room, tap),
+        Command::TapKeyframe { room, track, layer } => {
+            engine.tap_keyframe(now, &room, track, layer)
+        }
+        Command::PublishInternal {
+            room,
+            ingest,
+            tracks,
+            reply,
+        } => {
+            let _ = reply.send(engine.publish_internal(now, &room, &ingest, &tracks));
+        }
+        Command::Ingest { id, track, packet } => engine.ingest(now, id, track, packet),
+        Command::EndInternal { id } => engine.end_internal(now, id),
     }
 }

@@ -18,22 +18,26 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
-use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
+use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
 use crate::gop::{CachedPacket, GopCache};
+use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
+use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack};
 use crate::{
     stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
     SessionInfo, SfuConfig, SfuError, ViewerState,
@@ -66,6 +70,21 @@ pub struct Engine {
     next_peer: PeerId,
     next_tick: Option<Instant>,
     last_tick: Option<Instant>,
+    /// In-process subscribers (the HLS bridge) by room name.
+    taps: HashMap<String, Vec<TapSender>>,
+    /// In-process publishers (the RTMP shim), by their id (a PeerId).
+    internal: HashMap<PeerId, Internal>,
+}
+
+/// A publisher with no str0m peer (see `ingest.rs`).
+struct Internal {
+    room: String,
+    session: String,
+    ingest: String,
+    created: Instant,
+    /// Room track index of each of its tracks.
+    tracks: Vec<usize>,
+    signals: mpsc::UnboundedSender<IngestSignal>,
 }
 
 struct Peer {
@@ -232,6 +251,8 @@ impl Engine {
             next_peer: 1,
             next_tick: None,
             last_tick: None,
+            taps: HashMap::new(),
+            internal: HashMap::new(),
         }
     }
 
@@ -407,6 +428,7 @@ impl Engine {
             });
         }
         info!(room, session = %answer.session, "publisher joined");
+        self.notify_taps(room);
         Ok(answer)
     }
 
@@ -417,15 +439,24 @@ impl Engine {
         offer: &str,
     ) -> Result<SessionAnswer, SfuError> {
         self.check_capacity()?;
-        let Some(room_state) = self.rooms.get(room).filter(|r| !r.tracks.is_empty()) else {
+        // Live means a publisher now: during a reconnect grace the viewers
+        // already watching wait, new ones are told to retry.
+        let Some(room_state) = self
+            .rooms
+            .get(room)
+            .filter(|r| r.publisher.is_some() && !r.tracks.is_empty())
+        else {
             return Err(SfuError::NotLive(room.to_string()));
         };
         // Offer exactly what the publisher sends, so the answer carries only
         // codecs we can forward without transcoding.
+        // Fresh (unlocked) params: the viewer's offer numbers the payload
+        // types its own way, and str0m must be free to adopt its numbers.
         let params: Vec<PayloadParams> = room_state
             .tracks
             .iter()
-            .flat_map(|t| t.params.iter().copied())
+            .flat_map(|t| t.params.iter())
+            .map(|p| PayloadParams::new(p.pt(), p.resend(), p.spec()))
             .collect();
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
@@ -619,6 +650,22 @@ impl Engine {
                 return Err(SfuError::BadOffer(e.to_string()));
             }
         };
+        let answer_sdp = answer.to_sdp_string();
+        if let Some(m) = answer_sdp
+            .lines()
+            .find(|l| l.starts_with("m=") && l.split(' ').nth(1) == Some("0"))
+        {
+            // RFC 9725 §4.4.3: no partial answers; refuse the whole offer.
+            let m = m.trim_end().to_string();
+            self.forget_peer(id);
+            return Err(SfuError::NoUsableMedia {
+                direction: "use",
+                accepted: format!("{ACCEPTED_CODECS} (rejected: {m})"),
+            });
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Err(SfuError::NoSession);
+        };
         let (session, ice_ufrag) = (peer.session.clone(), peer.ufrag.clone());
         self.drain(id);
         Ok(SessionAnswer {
@@ -721,14 +768,30 @@ impl Engine {
         if params.is_empty() {
             return;
         }
+        let room = peer.room.clone();
+        self.bind_track(&room, mid, kind, params, layers);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.ingest.clear();
+        }
+    }
+
+    /// Makes `params` the room track of this kind that the publisher's
+    /// `mid` feeds: the predecessor's track of the same kind and codec family
+    /// when a publisher reconnects (viewers keep watching), else a new one.
+    fn bind_track(
+        &mut self,
+        room_name: &str,
+        mid: Mid,
+        kind: MediaKind,
+        params: Vec<PayloadParams>,
+        layers: Vec<Option<Rid>>,
+    ) -> Option<usize> {
         let gop_bytes = if kind == MediaKind::Video {
             self.config.gop_cache_bytes
         } else {
             0
         };
-        let Some(room) = self.rooms.get_mut(&peer.room) else {
-            return;
-        };
+        let room = self.rooms.get_mut(room_name)?;
         // A reconnecting publisher continues the track of the same kind (and
         // codec family) that its predecessor fed, so viewers keep watching.
         let same_codec = |t: &Track| {
@@ -781,9 +844,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.ingest.clear();
-        }
+        Some(index)
     }
 
     /// A subscriber m-line is fed from the room's next free track of its kind.
@@ -885,114 +946,33 @@ impl Engine {
                 (t, layer)
             }
         };
-        let pt = packet.header.payload_type;
-        let track = &mut room.tracks[track_index];
-        let keyframe_start = match track.codec_of(pt).and_then(video_codec) {
-            Some(vc) => codec::is_keyframe_start(vc, &packet.payload),
-            None => false,
+        let media = MediaPacket {
+            seq_no: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            pt: packet.header.payload_type,
+            payload: packet.payload,
+            arrival: packet.timestamp,
+            ext: ExtensionValues {
+                audio_level: packet.header.ext_vals.audio_level,
+                voice_activity: packet.header.ext_vals.voice_activity,
+                video_orientation: packet.header.ext_vals.video_orientation,
+                ..Default::default()
+            },
         };
-        let size = match keyframe_start {
-            true => track
-                .codec_of(pt)
-                .and_then(video_codec)
-                .and_then(|vc| picture::size(vc, &packet.payload)),
-            false => None,
-        };
-        if let Some(st) = track.stats.get_mut(layer as usize) {
-            st.bytes += packet.payload.len() as u64;
-            st.last_packet = Some(now);
-            if let Some((_, h)) = size {
-                st.height = h;
-            }
-        }
-        if let Some(gop) = track.gop.get_mut(layer as usize) {
-            gop.push(CachedPacket {
-                seq_no: *packet.seq_no,
-                timestamp: packet.header.timestamp,
-                marker: packet.header.marker,
-                pt: *pt,
-                payload: packet.payload.clone(),
-                keyframe_start,
-            });
-        }
-        let room = &*room;
-        let track = &room.tracks[track_index];
-        let source = SourceId {
-            generation: room.generation,
+        let taps = self.taps.get_mut(&publisher.room);
+        let wants_keyframe = fan_out(
+            now,
+            room,
+            track_index,
             layer,
-        };
-        let vp8 = if track.codec_of(pt) == Some(Codec::Vp8) {
-            codec::parse_vp8_descriptor(&packet.payload)
-        } else {
-            None
-        };
-        let ext = ExtensionValues {
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            video_orientation: packet.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
-        let mut wants_keyframe = false;
-        for &sid in &room.subscribers {
-            let Some(sub) = self.peers.get_mut(&sid) else {
-                continue;
-            };
-            if !sub.connected {
-                continue;
-            }
-            let mut wrote = false;
-            for e in sub.egress.iter_mut().filter(|e| e.track == track_index) {
-                let Some(&(_, out_pt)) = e.pt_map.iter().find(|(p, _)| *p == pt) else {
-                    continue;
-                };
-                let was = e.forwarder.current();
-                let Some(rw) = e.forwarder.forward(
-                    packet.timestamp,
-                    source,
-                    *packet.seq_no,
-                    packet.header.timestamp,
-                    keyframe_start,
-                    vp8.as_ref(),
-                ) else {
-                    e.dropped += 1;
-                    wants_keyframe |=
-                        e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
-                    continue;
-                };
-                if was != e.forwarder.current() {
-                    debug!(session = %sub.session, ?source, keyframe_start, "viewer switched source");
-                }
-                let mut write = RtpWrite::new(
-                    out_pt,
-                    rw.seq_no.into(),
-                    rw.timestamp,
-                    packet.timestamp,
-                    packet.payload.clone(),
-                )
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(true);
-                if let Some(v) = rw.vp8 {
-                    if let Some(patch) = vp8_patch(&packet.payload, v) {
-                        write = write.vp8_patch(patch);
-                    }
-                }
-                if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
-                    tx.write_rtp(write);
-                    wrote = true;
-                    e.forwarded += 1;
-                }
-            }
-            if wrote {
-                drain_peer(
-                    sid,
-                    sub,
-                    &mut self.transmits,
-                    &mut self.events,
-                    &mut self.timeouts,
-                );
-            }
-        }
+            &media,
+            taps,
+            &mut self.peers,
+            &mut self.transmits,
+            &mut self.events,
+            &mut self.timeouts,
+        );
         if wants_keyframe {
             let room_name = self
                 .peers
@@ -1303,6 +1283,10 @@ impl Engine {
             return;
         }
         *last = Some(now);
+        if let Some(internal) = self.internal.get(&pid) {
+            let _ = internal.signals.send(IngestSignal::KeyframeWanted);
+            return;
+        }
         let Some(publisher) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -1373,21 +1357,31 @@ impl Engine {
         };
         match role {
             Role::Subscriber => room.subscribers.retain(|s| *s != id),
-            Role::Publisher if room.publisher == Some(id) => {
-                room.publisher = None;
-                for t in &mut room.tracks {
-                    t.mid = None;
-                    t.gop.iter_mut().for_each(GopCache::clear);
-                }
-                if room.subscribers.is_empty() {
-                    self.rooms.remove(&room_name);
-                } else {
-                    room.orphaned_since = Some(now);
-                }
-                info!(room = %room_name, "publisher left");
-            }
-            Role::Publisher => {}
+            Role::Publisher => self.publisher_left(&room_name, id, now),
         }
+    }
+
+    /// The room's publisher `id` is gone: its tracks wait for another
+    /// publisher for `publisher_grace`, with the viewers still connected.
+    fn publisher_left(&mut self, room_name: &str, id: PeerId, now: Instant) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.publisher != Some(id) {
+            return;
+        }
+        room.publisher = None;
+        for t in &mut room.tracks {
+            t.mid = None;
+            t.gop.iter_mut().for_each(GopCache::clear);
+        }
+        if room.subscribers.is_empty() {
+            self.rooms.remove(room_name);
+        } else {
+            room.orphaned_since = Some(now);
+        }
+        info!(room = %room_name, "publisher left");
+        self.notify_taps(room_name);
     }
 
     fn forget_peer(&mut self, id: PeerId) {
@@ -1414,15 +1408,22 @@ impl Engine {
     pub fn room_status(&self, now: Instant, name: &str) -> Option<RoomStatus> {
         let room = self.rooms.get(name)?;
         let secs = |p: &Peer| now.saturating_duration_since(p.created).as_secs_f64();
-        let publisher =
-            room.publisher
-                .and_then(|id| self.peers.get(&id))
-                .map(|p| PublisherStatus {
+        let publisher = room.publisher.and_then(|id| {
+            if let Some(p) = self.internal.get(&id) {
+                return Some(PublisherStatus {
                     session: p.session.clone(),
-                    ingest: "whip".into(),
-                    connected: p.connected,
-                    uptime_secs: secs(p),
+                    ingest: p.ingest.clone(),
+                    connected: true,
+                    uptime_secs: now.saturating_duration_since(p.created).as_secs_f64(),
                 });
+            }
+            self.peers.get(&id).map(|p| PublisherStatus {
+                session: p.session.clone(),
+                ingest: "whip".into(),
+                connected: p.connected,
+                uptime_secs: secs(p),
+            })
+        });
         let tracks = room
             .tracks
             .iter()
@@ -1490,6 +1491,10 @@ impl Engine {
     /// Ends one session of a room, publisher or viewer (the room API's kick).
     pub fn kick(&mut self, now: Instant, room: &str, session: &str) -> Result<(), SfuError> {
         let id = *self.by_session.get(session).ok_or(SfuError::NoSession)?;
+        if self.internal.get(&id).is_some_and(|p| p.room == room) {
+            self.end_internal(now, id);
+            return Ok(());
+        }
         if self.peers.get(&id).is_none_or(|p| p.room != room) {
             return Err(SfuError::NoSession);
         }
@@ -1508,12 +1513,264 @@ impl Engine {
         for id in ids {
             self.remove_peer(id, now);
         }
+        let internal: Vec<PeerId> = self
+            .internal
+            .iter()
+            .filter(|(_, p)| p.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in internal {
+            self.end_internal(now, id);
+        }
         self.rooms.remove(room);
+        self.notify_taps(room);
+    }
+
+    /// An in-process publisher (`ingest`: e.g. "rtmp") joins `room` with
+    /// these tracks; returns its id, session and signal receiver.
+    pub fn publish_internal(
+        &mut self,
+        now: Instant,
+        room: &str,
+        ingest: &str,
+        tracks: &[IngestCodec],
+    ) -> Result<(PeerId, String, mpsc::UnboundedReceiver<IngestSignal>), SfuError> {
+        self.check_capacity()?;
+        if self.rooms.get(room).is_some_and(|r| r.publisher.is_some()) {
+            return Err(SfuError::PublisherExists(room.to_string()));
+        }
+        if tracks.is_empty() {
+            return Err(SfuError::NoUsableMedia {
+                direction: "receive",
+                accepted: ACCEPTED_CODECS.into(),
+            });
+        }
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let session = random_token(32);
+        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room {
+            publisher: None,
+            generation: 0,
+            tracks: Vec::new(),
+            subscribers: Vec::new(),
+            orphaned_since: None,
+        });
+        r.publisher = Some(id);
+        r.generation = id;
+        r.orphaned_since = None;
+        for t in &mut r.tracks {
+            t.mid = None;
+        }
+        let mut indices = Vec::with_capacity(tracks.len());
+        for (i, codec) in tracks.iter().enumerate() {
+            let (kind, params) = ingest_params(*codec);
+            let mid = Mid::from(i.to_string().as_str());
+            if let Some(index) = self.bind_track(room, mid, kind, vec![params], vec![None]) {
+                indices.push(index);
+            }
+        }
+        let (signals, rx) = mpsc::unbounded_channel();
+        self.by_session.insert(session.clone(), id);
+        self.internal.insert(
+            id,
+            Internal {
+                room: room.to_string(),
+                session: session.clone(),
+                ingest: ingest.to_string(),
+                created: now,
+                tracks: indices,
+                signals,
+            },
+        );
+        info!(room, %session, ingest, "publisher joined");
+        self.notify_taps(room);
+        Ok((id, session, rx))
+    }
+
+    /// One packet from an internal publisher.
+    pub fn ingest(&mut self, now: Instant, id: PeerId, track: usize, packet: IngestPacket) {
+        let Some(publisher) = self.internal.get(&id) else {
+            return;
+        };
+        let Some(&track_index) = publisher.tracks.get(track) else {
+            return;
+        };
+        let Some(room) = self
+            .rooms
+            .get_mut(&publisher.room)
+            .filter(|r| r.publisher == Some(id))
+        else {
+            return;
+        };
+        let Some(pt) = room
+            .tracks
+            .get(track_index)
+            .and_then(|t| t.params.first())
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let media = MediaPacket {
+            seq_no: packet.seq_no,
+            timestamp: packet.timestamp,
+            marker: packet.marker,
+            pt,
+            payload: packet.payload,
+            arrival: now,
+            ext: ExtensionValues::default(),
+        };
+        let taps = self.taps.get_mut(&publisher.room);
+        let wants_keyframe = fan_out(
+            now,
+            room,
+            track_index,
+            0,
+            &media,
+            taps,
+            &mut self.peers,
+            &mut self.transmits,
+            &mut self.events,
+            &mut self.timeouts,
+        );
+        if wants_keyframe {
+            let room_name = publisher.room.clone();
+            self.request_keyframe(now, &room_name, track_index, 0);
+        }
+    }
+
+    /// An internal publisher is done (its connection closed, or the room ended it).
+    pub fn end_internal(&mut self, now: Instant, id: PeerId) {
+        if let Some(p) = self.internal.remove(&id) {
+            self.by_session.remove(&p.session);
+            let _ = p.signals.send(IngestSignal::Ended);
+            self.publisher_left(&p.room, id, now);
+        }
+    }
+
+    /// Adds an in-process subscriber to a room (live now or later).
+    pub fn add_tap(&mut self, room: &str, tap: TapSender) {
+        if let Some(live) = self
+            .rooms
+            .get(room)
+            .filter(|r| r.publisher.is_some())
+            .map(tap_live)
+        {
+            let _ = tap.try_send(live);
+        }
+        self.taps.entry(room.to_string()).or_default().push(tap);
+    }
+
+    /// Tells a room's taps about its publisher.
+    fn notify_taps(&mut self, room: &str) {
+        let Some(taps) = self.taps.get_mut(room) else {
+            return;
+        };
+        let event = match self.rooms.get(room).filter(|r| r.publisher.is_some()) {
+            Some(r) => tap_live(r),
+            None => TapEvent::Ended,
+        };
+        taps.retain(|t| {
+            !matches!(
+                t.try_send(event.clone()),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+        if taps.is_empty() {
+            self.taps.remove(room);
+        }
+    }
+
+    /// A tap's keyframe request.
+    pub fn tap_keyframe(&mut self, now: Instant, room: &str, track: usize, layer: u8) {
+        self.request_keyframe(now, room, track, layer);
     }
 
     /// Is this room live (has a publisher), for the HTTP layer.
     pub fn room_is_live(&self, room: &str) -> bool {
         self.rooms.get(room).is_some_and(|r| r.publisher.is_some())
+    }
+}
+
+fn tap_codec(c: Codec) -> TapCodec {
+    match c {
+        Codec::H264 => TapCodec::H264,
+        Codec::Vp8 => TapCodec::Vp8,
+        Codec::Vp9 => TapCodec::Vp9,
+        Codec::Av1 => TapCodec::Av1,
+        Codec::H265 => TapCodec::H265,
+        Codec::Opus => TapCodec::Opus,
+        _ => TapCodec::Other,
+    }
+}
+
+/// The codec parameters an internal publisher's track is offered with.
+fn ingest_params(codec: IngestCodec) -> (MediaKind, PayloadParams) {
+    match codec {
+        IngestCodec::H264 { profile_level_id } => (
+            MediaKind::Video,
+            PayloadParams::new(
+                96.into(),
+                None,
+                CodecSpec {
+                    codec: Codec::H264,
+                    clock_rate: Frequency::NINETY_KHZ,
+                    channels: None,
+                    format: FormatParams {
+                        level_asymmetry_allowed: Some(true),
+                        packetization_mode: Some(1),
+                        profile_level_id: Some(profile_level_id),
+                        ..Default::default()
+                    },
+                },
+            ),
+        ),
+        IngestCodec::Opus { channels } => (
+            MediaKind::Audio,
+            PayloadParams::new(
+                111.into(),
+                None,
+                CodecSpec {
+                    codec: Codec::Opus,
+                    clock_rate: Frequency::FORTY_EIGHT_KHZ,
+                    channels: Some(channels.max(1)),
+                    format: FormatParams {
+                        min_p_time: Some(10),
+                        use_inband_fec: Some(true),
+                        ..Default::default()
+                    },
+                },
+            ),
+        ),
+    }
+}
+
+/// The `Live` event describing a room's current tracks.
+fn tap_live(room: &Room) -> TapEvent {
+    let tracks = room
+        .tracks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.mid.is_some())
+        .map(|(index, t)| {
+            let spec = t.params.first().map(|p| p.spec());
+            TapTrack {
+                index,
+                video: t.kind == MediaKind::Video,
+                codec: spec.map_or(TapCodec::Other, |s| tap_codec(s.codec)),
+                clock_rate: spec.map_or(90_000, |s| s.clock_rate.get()),
+                channels: spec.and_then(|s| s.channels),
+                layers: t.layers.iter().map(|l| l.map(|r| r.to_string())).collect(),
+                payload_types: t
+                    .params
+                    .iter()
+                    .map(|p| (*p.pt(), tap_codec(p.spec().codec)))
+                    .collect(),
+            }
+        })
+        .collect();
+    TapEvent::Live {
+        generation: room.generation,
+        tracks,
     }
 }
 
@@ -1564,6 +1821,149 @@ fn sdp_ice_ufrag(sdp: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// One media packet entering a room, from any kind of publisher.
+pub(crate) struct MediaPacket {
+    /// The publisher stream's extended sequence number.
+    pub seq_no: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// The publisher's payload type (the room track's params).
+    pub pt: Pt,
+    pub payload: Arc<[u8]>,
+    pub arrival: Instant,
+    pub ext: ExtensionValues,
+}
+
+/// The hot path: one publisher packet into the room's layer bookkeeping,
+/// GOP cache and taps, then to every viewer of its track — the payload is
+/// shared (`Arc`), only headers are rewritten, nothing is allocated per
+/// viewer. Returns whether a viewer waits for a keyframe of this layer.
+#[allow(clippy::too_many_arguments)]
+fn fan_out(
+    now: Instant,
+    room: &mut Room,
+    track_index: usize,
+    layer: u8,
+    packet: &MediaPacket,
+    taps: Option<&mut Vec<TapSender>>,
+    peers: &mut HashMap<PeerId, Peer>,
+    transmits: &mut VecDeque<Outgoing>,
+    events: &mut VecDeque<(PeerId, Event)>,
+    timeouts: &mut BinaryHeap<Reverse<(Instant, PeerId)>>,
+) -> bool {
+    let pt = packet.pt;
+    let Some(track) = room.tracks.get_mut(track_index) else {
+        return false;
+    };
+    let vc = track.codec_of(pt).and_then(video_codec);
+    let keyframe_start = vc.is_some_and(|vc| codec::is_keyframe_start(vc, &packet.payload));
+    let size = match (keyframe_start, vc) {
+        (true, Some(vc)) => picture::size(vc, &packet.payload),
+        _ => None,
+    };
+    if let Some(st) = track.stats.get_mut(layer as usize) {
+        st.bytes += packet.payload.len() as u64;
+        st.last_packet = Some(now);
+        if let Some((_, h)) = size {
+            st.height = h;
+        }
+    }
+    if let Some(gop) = track.gop.get_mut(layer as usize) {
+        gop.push(CachedPacket {
+            seq_no: packet.seq_no,
+            timestamp: packet.timestamp,
+            marker: packet.marker,
+            pt: *pt,
+            payload: packet.payload.clone(),
+            keyframe_start,
+        });
+    }
+    if let Some(taps) = taps {
+        // A tap that cannot keep up loses packets (it sees the gap), and
+        // one whose receiver is gone is dropped: neither slows the room.
+        taps.retain(|t| {
+            let p = TapPacket {
+                track: track_index,
+                layer,
+                seq_no: packet.seq_no,
+                timestamp: packet.timestamp,
+                marker: packet.marker,
+                keyframe_start,
+                pt: *pt,
+                payload: packet.payload.clone(),
+                arrival: packet.arrival,
+            };
+            !matches!(
+                t.try_send(TapEvent::Packet(p)),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+    let room = &*room;
+    let track = &room.tracks[track_index];
+    let source = SourceId {
+        generation: room.generation,
+        layer,
+    };
+    let vp8 = match vc {
+        Some(VideoCodec::Vp8) => codec::parse_vp8_descriptor(&packet.payload),
+        _ => None,
+    };
+    let mut wants_keyframe = false;
+    for &sid in &room.subscribers {
+        let Some(sub) = peers.get_mut(&sid) else {
+            continue;
+        };
+        if !sub.connected {
+            continue;
+        }
+        let mut wrote = false;
+        for e in sub.egress.iter_mut().filter(|e| e.track == track_index) {
+            let Some(&(_, out_pt)) = e.pt_map.iter().find(|(p, _)| *p == pt) else {
+                continue;
+            };
+            let Some(rw) = e.forwarder.forward(
+                packet.arrival,
+                source,
+                packet.seq_no,
+                packet.timestamp,
+                keyframe_start,
+                vp8.as_ref(),
+            ) else {
+                e.dropped += 1;
+                wants_keyframe |=
+                    e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
+                continue;
+            };
+            let mut write = RtpWrite::new(
+                out_pt,
+                rw.seq_no.into(),
+                rw.timestamp,
+                packet.arrival,
+                packet.payload.clone(),
+            )
+            .marker(packet.marker)
+            .ext_vals(packet.ext.clone())
+            .nackable(true);
+            if let Some(v) = rw.vp8 {
+                if let Some(patch) = vp8_patch(&packet.payload, v) {
+                    write = write.vp8_patch(patch);
+                }
+            }
+            if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
+                tx.write_rtp(write);
+                wrote = true;
+                e.forwarded += 1;
+            }
+        }
+        if wrote {
+            drain_peer(sid, sub, transmits, events, timeouts);
+        }
+    }
+    let _ = track;
+    wants_keyframe
+}
+
 /// str0m's VP8 descriptor patch for the forwarder's rewritten picture ids.
 fn vp8_patch(payload: &[u8], v: forwarder::Vp8Rewrite) -> Option<str0m::rtp::Vp8Patch> {
     let mut builder = str0m::rtp::Vp8Descriptor::parse(payload).ok()?.patch();
@@ -1610,5 +2010,108 @@ fn drain_peer(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        Engine::new(SfuConfig::default(), vec!["127.0.0.1:9".parse().unwrap()])
+    }
+
+    fn packet(seq: u64, payload: &[u8]) -> IngestPacket {
+        IngestPacket {
+            seq_no: seq,
+            timestamp: seq as u32 * 3000,
+            marker: true,
+            payload: payload.into(),
+        }
+    }
+
+    const H264: IngestCodec = IngestCodec::H264 {
+        profile_level_id: 0x42e01f,
+    };
+    const OPUS: IngestCodec = IngestCodec::Opus { channels: 2 };
+    /// An IDR NAL unit (single-NAL packet): a keyframe start.
+    const IDR: &[u8] = &[0x65, 0x88, 0x84, 0x00];
+
+    #[test]
+    fn an_internal_publisher_feeds_taps_and_hears_keyframe_requests() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (tx, mut tap) = mpsc::channel(64);
+        e.add_tap("r", tx);
+        let (id, session, mut signals) =
+            e.publish_internal(now, "r", "rtmp", &[H264, OPUS]).unwrap();
+        assert!(e.room_is_live("r"));
+        match tap.try_recv().unwrap() {
+            TapEvent::Live { tracks, .. } => {
+                assert_eq!(tracks.len(), 2);
+                assert_eq!((tracks[0].codec, tracks[0].video), (TapCodec::H264, true));
+                assert_eq!(
+                    (tracks[1].codec, tracks[1].clock_rate),
+                    (TapCodec::Opus, 48_000)
+                );
+            }
+            other => panic!("expected Live, got {other:?}"),
+        }
+        e.ingest(now, id, 0, packet(7, IDR));
+        e.ingest(now, id, 1, packet(8, &[0xfc, 1, 2]));
+        let TapEvent::Packet(v) = tap.try_recv().unwrap() else {
+            panic!("packet")
+        };
+        assert_eq!(
+            (v.track, v.seq_no, v.keyframe_start, v.pt),
+            (0, 7, true, 96)
+        );
+        let TapEvent::Packet(a) = tap.try_recv().unwrap() else {
+            panic!("packet")
+        };
+        assert_eq!(
+            (a.track, a.seq_no, a.keyframe_start, a.pt),
+            (1, 8, false, 111)
+        );
+        // A tap's keyframe request reaches the publisher, throttled.
+        e.tap_keyframe(now, "r", 0, 0);
+        e.tap_keyframe(now + Duration::from_millis(10), "r", 0, 0);
+        assert_eq!(signals.try_recv().unwrap(), IngestSignal::KeyframeWanted);
+        assert!(signals.try_recv().is_err());
+        // A second publisher is refused; the status names the ingest.
+        assert!(matches!(
+            e.publish_internal(now, "r", "rtmp", &[H264]),
+            Err(SfuError::PublisherExists(_))
+        ));
+        let status = e.room_status(now, "r").unwrap();
+        assert_eq!(
+            status.publisher.as_ref().map(|p| p.ingest.as_str()),
+            Some("rtmp")
+        );
+        assert_eq!(status.tracks.len(), 2);
+        // Kicked: the publisher hears it, the tap sees the end.
+        e.kick(now, "r", &session).unwrap();
+        assert_eq!(signals.try_recv().unwrap(), IngestSignal::Ended);
+        assert!(matches!(tap.try_recv().unwrap(), TapEvent::Ended));
+        assert!(!e.room_is_live("r"));
+    }
+
+    #[test]
+    fn packets_of_an_ended_publisher_go_nowhere() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (id, _, _signals) = e.publish_internal(now, "r", "rtmp", &[H264]).unwrap();
+        let (tx, mut tap) = mpsc::channel(64);
+        e.add_tap("r", tx);
+        assert!(matches!(tap.try_recv().unwrap(), TapEvent::Live { .. }));
+        e.end_internal(now, id);
+        assert!(matches!(tap.try_recv().unwrap(), TapEvent::Ended));
+        e.ingest(now, id, 0, packet(1, IDR));
+        assert!(tap.try_recv().is_err());
+        // The room is free for the next publisher, which continues the track.
+        let (id2, _, _s2) = e.publish_internal(now, "r", "rtmp", &[H264]).unwrap();
+        assert!(matches!(tap.try_recv().unwrap(), TapEvent::Live { .. }));
+        e.ingest(now, id2, 0, packet(1, IDR));
+        assert!(matches!(tap.try_recv().unwrap(), TapEvent::Packet(_)));
     }
 }

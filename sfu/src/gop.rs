@@ -49,7 +49,15 @@ impl GopCache {
         if self.max_bytes == 0 {
             return;
         }
-        if p.keyframe_start {
+        // Several packets of one keyframe may each look like its start (SPS
+        // and PPS in a STAP-A, then the IDR): only a keyframe with a new
+        // timestamp begins a new GOP, or the parameter sets would be lost.
+        let same_frame = self.started
+            && self
+                .packets
+                .front()
+                .is_some_and(|f| f.timestamp == p.timestamp);
+        if p.keyframe_start && !same_frame {
             // Keep packets of the new GOP that overtook its first packet.
             let first = p.seq_no;
             self.packets.retain(|q| q.seq_no > first);
@@ -166,6 +174,27 @@ mod tests {
         assert!(seqs(&c).is_none());
         c.push(pkt(5, true, 100));
         assert_eq!(seqs(&c), Some(vec![5]));
+    }
+
+    #[test]
+    fn parameter_sets_and_idr_of_one_keyframe_stay_together() {
+        // aiortc / OBS style: STAP-A(SPS, PPS) then the IDR, same timestamp.
+        let mut c = GopCache::new(10_000);
+        let mut sps = pkt(10, true, 10);
+        let mut idr = pkt(11, true, 100);
+        sps.timestamp = 90_000;
+        idr.timestamp = 90_000;
+        c.push(sps);
+        c.push(idr);
+        let mut next = pkt(12, false, 50);
+        next.timestamp = 93_000;
+        c.push(next);
+        assert_eq!(seqs(&c), Some(vec![10, 11, 12]));
+        // The next keyframe (a new timestamp) does start a new GOP.
+        let mut k2 = pkt(13, true, 10);
+        k2.timestamp = 180_000;
+        c.push(k2);
+        assert_eq!(seqs(&c), Some(vec![13]));
     }
 
     #[test]

@@ -23,14 +23,18 @@ mod engine;
 mod error;
 mod forwarder;
 mod gop;
+mod ingest;
 mod layers;
 mod picture;
 mod stun;
+mod tap;
 
 pub use config::SfuConfig;
 pub use driver::Sfu;
 pub use engine::ACCEPTED_CODECS;
 pub use error::SfuError;
+pub use ingest::{IngestCodec, IngestPacket, IngestSignal, InternalPublisher};
+pub use tap::{Tap, TapCodec, TapEvent, TapPacket, TapTrack, TAP_QUEUE};
 
 /// Whether a session sends media into a room or watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! The WHEP endpoint (draft-ietf-wish-whep): viewers watch a room.
 //!
 //! ```text
-//!  POST /whep/{room}  (application/sdp, recvonly offer)
-//!     └─► sfu::Sfu::subscribe ─► 201 + answer (sendonly) + Location + ETag
+//!  POST /whep/{room}  (application/sdp, recvonly offer,
+//!                      Authorization: Bearer <viewer token> for private rooms)
+//!     └─► viewer check against the RoomDirectory ─► sfu::Sfu::subscribe ─► 201 + answer (sendonly) + Location + ETag
 //!                             └─► 409 + Retry-After while the room is not live
 //!  PATCH | DELETE | OPTIONS /whep/{room}/{session}  ─► wish (shared with WHIP)
 //! ```
@@ -19,7 +20,7 @@ use axum::routing::post;
 use axum::Json;
 use axum::Router;
 use sfu::{LayerRequest, Role, SessionInfo};
-use wish::{Problem, Wish};
+use wish::{Problem, ViewerAccess, Wish};
 
 /// Routes under `/whep`.
 pub fn router() -> Router<Wish> {
@@ -38,6 +39,8 @@ pub fn router() -> Router<Wish> {
             "/whep/{room}/{session}/layer",
             post(select_layer).get(layer_state),
         )
+        // Last: it applies to the routes above.
+        .method_not_allowed_fallback(wish::method_not_allowed_fallback)
 }
 
 async fn subscribe(
@@ -49,6 +52,36 @@ async fn subscribe(
     if !w.rooms.room_exists(&room) {
         return Err(Problem::not_found(format!("no room named {room:?}")));
     }
+    // Authorize before reading the body, as WHIP does.
+    match w.rooms.viewer_access(&room, wish::bearer(&headers)) {
+        ViewerAccess::Allowed { max_viewers } => {
+            if let Some(max) = max_viewers {
+                let viewers = w
+                    .sfu
+                    .room_status(&room)
+                    .await
+                    .map_or(0, |s| s.viewers.len());
+                if viewers >= max {
+                    return Err(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "room-full",
+                        format!("room {room:?} has its maximum of {max} viewers"),
+                    )
+                    .retry_after(wish::CAPACITY_RETRY_AFTER));
+                }
+            }
+        }
+        ViewerAccess::TokenRequired => {
+            return Err(Problem::unauthorized(
+                "this room is private: watching needs Authorization: Bearer <viewer token>",
+            ))
+        }
+        ViewerAccess::TokenRefused => {
+            return Err(Problem::unauthorized(
+                "the viewer token is invalid, expired or not for this room",
+            ))
+        }
+    }
     let offer = wish::read_text_body(&headers, body, wish::SDP).await?;
     wish::check_offer(&offer)?;
     let answer = w.sfu.subscribe(&room, offer).await?;
@@ -57,10 +90,13 @@ async fn subscribe(
     Ok(wish::created(&w, location, answer, &[layer]))
 }
 
-/// The WHEP layer extension's link relation (draft-ietf-wish-whep core
-/// extensions): a viewer POSTs `{"mediaId"?, "rid"?, "maxHeight"?}` to choose
-/// a simulcast layer, `{}` for automatic choice.
-pub const LAYER_EXTENSION: &str = "urn:ietf:params:whep:ext:core:layer";
+/// Where a viewer chooses its layer: POST `{"mediaId"?, "rid"?, "maxHeight"?}`
+/// (the body of the WHEP core extensions' layer request), `{}` for automatic
+/// choice; GET for its state. The standard relation
+/// `urn:ietf:params:whep:ext:core:layer` may only be advertised with the
+/// server-sent-events extension, which we do not serve yet, so the link
+/// carries our own relation.
+pub const LAYER_EXTENSION: &str = "urn:dionysia:whep:layer";
 
 async fn select_layer(
     State(w): State<Wish>,

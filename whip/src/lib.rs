@@ -33,6 +33,8 @@ pub fn router() -> Router<Wish> {
             "/whip/{room}/{session}",
             wish::session_resource(Role::Publisher),
         )
+        // Last: it applies to the routes above.
+        .method_not_allowed_fallback(wish::method_not_allowed_fallback)
 }
 
 async fn publish(

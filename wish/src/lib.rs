@@ -37,12 +37,30 @@ pub const SDP: &str = "application/sdp";
 pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 pub const PROBLEM: &str = "application/problem+json";
 
-/// The rooms that exist and who may publish into them: the config today,
-/// the room API's database later.
+/// The rooms that exist, who may publish into them and who may watch them
+/// (the binary implements it over its room database).
 pub trait RoomDirectory: Send + Sync + 'static {
     fn room_exists(&self, room: &str) -> bool;
     /// Whether `key` is the room's stream key (compared in constant time).
     fn stream_key_matches(&self, room: &str, key: &str) -> bool;
+    /// Whether a viewer presenting `token` (a viewer token, if any) may
+    /// watch `room`. Public rooms admit anyone; private rooms need a valid,
+    /// unexpired token for that room. The WHEP (and HLS) edges ask.
+    fn viewer_access(&self, room: &str, token: Option<&str>) -> ViewerAccess {
+        let _ = (room, token);
+        ViewerAccess::Allowed { max_viewers: None }
+    }
+}
+
+/// The answer of [`RoomDirectory::viewer_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewerAccess {
+    /// Watch; with at most `max_viewers` WebRTC viewers at once, if set.
+    Allowed { max_viewers: Option<usize> },
+    /// A private room, and no token was presented.
+    TokenRequired,
+    /// The token is malformed, expired, or not for this room.
+    TokenRefused,
 }
 
 /// A STUN or TURN server handed to clients in `Link: rel="ice-server"`.
@@ -304,11 +322,11 @@ pub fn created(
 /// (`/{whip,whep}/{room}/{session}`).
 pub fn session_resource(role: Role) -> MethodRouter<Wish> {
     axum::routing::patch(move |s, p, h, b| patch_session(s, p, h, b, role))
-        .delete(move |s, p| delete_session(s, p, role))
+        .delete(move |s, p, h| delete_session(s, p, h, role))
         .get(|| async { StatusCode::NO_CONTENT })
         .options(|| async {
             (
-                StatusCode::NO_CONTENT,
+                StatusCode::OK,
                 [
                     (header::ALLOW, "PATCH, DELETE, GET, HEAD, OPTIONS"),
                     (header::HeaderName::from_static("accept-patch"), SDPFRAG),
@@ -331,7 +349,7 @@ pub fn endpoint_options() -> MethodRouter<Wish> {
     options(|State(w): State<Wish>, headers: HeaderMap| async move {
         let preflight = headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         let mut r = (
-            StatusCode::NO_CONTENT,
+            StatusCode::OK,
             [
                 (header::ALLOW, "POST, OPTIONS"),
                 (header::HeaderName::from_static("accept-post"), SDP),
@@ -358,6 +376,24 @@ pub fn endpoint_options() -> MethodRouter<Wish> {
     })
 }
 
+/// A WHIP session is the streamer's: PATCH and DELETE need the room's
+/// stream key too, so a leaked session URL cannot end a stream.
+fn authorize_session(w: &Wish, headers: &HeaderMap, room: &str, role: Role) -> Result<(), Problem> {
+    if !w.rooms.room_exists(room) {
+        return Err(Problem::not_found(format!("no room named {room:?}")));
+    }
+    if role != Role::Publisher {
+        return Ok(());
+    }
+    match bearer(headers) {
+        Some(key) if w.rooms.stream_key_matches(room, key) => Ok(()),
+        Some(_) => Err(Problem::unauthorized("the stream key is not this room's")),
+        None => Err(Problem::unauthorized(
+            "WHIP session requests need Authorization: Bearer <stream key>",
+        )),
+    }
+}
+
 async fn patch_session(
     State(w): State<Wish>,
     Path((room, session)): Path<(String, String)>,
@@ -365,6 +401,7 @@ async fn patch_session(
     body: Body,
     role: Role,
 ) -> Result<Response, Problem> {
+    authorize_session(&w, &headers, &room, role)?;
     let info = SessionInfo {
         room,
         role,
@@ -406,7 +443,9 @@ async fn patch_session(
     }
 }
 
-/// `If-Match`: `*` (any, quoted or not) → `None`; else the entity-tags' values.
+/// `If-Match`: `*` (any, quoted or not) → `None`; else the values of its
+/// strong entity-tags. If-Match compares strongly (RFC 9110 §13.1.1), so a
+/// weak tag (`W/"…"`) never matches.
 fn parse_if_match(v: &HeaderValue) -> Result<Option<Vec<String>>, Problem> {
     let s = v
         .to_str()
@@ -423,12 +462,9 @@ fn parse_if_match(v: &HeaderValue) -> Result<Option<Vec<String>>, Problem> {
     }
     let tags: Vec<String> = s
         .split(',')
-        .map(|t| {
-            t.trim()
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .to_string()
-        })
+        .map(str::trim)
+        .filter(|t| !t.starts_with("W/"))
+        .map(|t| t.trim_matches('"').to_string())
         .filter(|t| !t.is_empty())
         .collect();
     Ok(Some(tags))
@@ -437,8 +473,10 @@ fn parse_if_match(v: &HeaderValue) -> Result<Option<Vec<String>>, Problem> {
 async fn delete_session(
     State(w): State<Wish>,
     Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
     role: Role,
 ) -> Result<Response, Problem> {
+    authorize_session(&w, &headers, &room, role)?;
     w.sfu
         .end(SessionInfo {
             room,
@@ -447,6 +485,20 @@ async fn delete_session(
         })
         .await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// `404` for paths nothing serves, as a problem body.
+pub async fn not_found_fallback() -> Problem {
+    Problem::not_found("nothing is served at this path")
+}
+
+/// `405` with a problem body (axum's own has none); `Allow` is kept by the caller.
+pub async fn method_not_allowed_fallback() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this resource does not support that method",
+    )
 }
 
 // ---------------------------------------------------------------------- CORS
@@ -512,10 +564,7 @@ mod tests {
         assert_eq!(p("*"), None);
         assert_eq!(p("\"*\""), None);
         assert_eq!(p("\"abc\""), Some(vec!["abc".to_string()]));
-        assert_eq!(
-            p("W/\"abc\", \"def\""),
-            Some(vec!["abc".to_string(), "def".to_string()])
-        );
+        assert_eq!(p("W/\"abc\", \"def\""), Some(vec!["def".to_string()]));
     }
 
     #[test]

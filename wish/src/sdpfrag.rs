@@ -57,7 +57,8 @@ pub fn restart_answer(
     candidates: &[String],
     media: Option<(String, Option<String>)>,
 ) -> String {
-    let mut s = String::from("a=ice-lite\r\n");
+    // Repeat the answer's session-level ICE attributes (W 4.3.3).
+    let mut s = String::from("a=ice-lite\r\na=ice-options:trickle\r\n");
     if let Some((m, mid)) = media {
         s.push_str(&m);
         s.push_str("\r\n");
@@ -132,7 +133,7 @@ mod tests {
         );
         assert_eq!(
             a,
-            "a=ice-lite\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:newu\r\na=ice-pwd:newpassword\r\n\
+            "a=ice-lite\r\na=ice-options:trickle\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:newu\r\na=ice-pwd:newpassword\r\n\
              a=candidate:1 1 udp 2130706431 198.51.100.1 39132 typ host\r\na=end-of-candidates\r\n"
         );
     }
