@@ -84,6 +84,7 @@ struct Internal {
     created: Instant,
     /// Room track index of each of its tracks.
     tracks: Vec<usize>,
+    last_media: Option<Instant>,
     signals: mpsc::UnboundedSender<IngestSignal>,
 }
 
@@ -106,6 +107,10 @@ struct Peer {
     egress: Vec<Egress>,
     /// Subscriber: its available bandwidth (TWCC or REMB), bits/s.
     estimate: Option<u64>,
+    /// Publisher: when its last media packet arrived.
+    last_media: Option<Instant>,
+    /// Subscriber: a bandwidth ceiling from heavy loss, and until when.
+    loss_cap: Option<(u64, Instant)>,
 }
 
 /// One subscriber m-line fed from one room track.
@@ -120,6 +125,11 @@ struct Egress {
     selector: LayerSelector,
     forwarded: u64,
     dropped: u64,
+    /// Cumulative (packets, NACKs) at the last egress stats, for loss rates.
+    last_egress: (u64, u64),
+    /// Video not started yet: when to give up waiting for a fresh keyframe
+    /// and replay the cached GOP.
+    replay_deadline: Option<Instant>,
 }
 
 struct Room {
@@ -147,8 +157,10 @@ struct Track {
     gop: Vec<GopCache>,
     /// Rate and liveness of each layer.
     stats: Vec<LayerStats>,
+    /// When each layer's last keyframe arrived (to tell publishers that
+    /// ignore keyframe requests).
+    last_keyframe_at: Vec<Option<Instant>>,
 }
-
 /// Measured state of one layer.
 #[derive(Debug, Default, Clone)]
 struct LayerStats {
@@ -161,6 +173,16 @@ struct LayerStats {
 }
 
 impl Track {
+    /// A layer whose publisher left a keyframe request unanswered for
+    /// `KEYFRAME_ANSWER` (OBS does; RTMP cannot be asked).
+    fn ignores_keyframe_requests(&self, layer: usize, now: Instant) -> bool {
+        let asked = self.last_keyframe_request.get(layer).copied().flatten();
+        let got = self.last_keyframe_at.get(layer).copied().flatten();
+        asked.is_some_and(|a| {
+            now.saturating_duration_since(a) > KEYFRAME_ANSWER && got.is_none_or(|k| k < a)
+        })
+    }
+
     fn layer_infos(&self, now: Instant) -> Vec<LayerInfo> {
         self.stats
             .iter()
@@ -212,6 +234,24 @@ const LAYER_TICK: Duration = Duration::from_millis(500);
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Bandwidth kept aside for a viewer's audio when sharing its estimate.
 const AUDIO_ALLOWANCE: u64 = 100_000;
+/// Replay a cached GOP to a new viewer only when it is younger than this
+/// (or the publisher ignores keyframe requests): an older GOP puts the viewer
+/// behind live while its decoder catches up.
+const MAX_REPLAY_AGE: Duration = Duration::from_millis(500);
+/// How long a new viewer waits for a fresh keyframe before the cached GOP is
+/// replayed anyway.
+const FRESH_KEYFRAME_WAIT: Duration = Duration::from_millis(600);
+/// A publisher that sends no keyframe this long after a request ignores them.
+const KEYFRAME_ANSWER: Duration = Duration::from_millis(1500);
+/// How often viewers' egress stats (NACK counts) are taken.
+const LOSS_INTERVAL: Duration = Duration::from_millis(500);
+/// Share of a viewer's video packets NACKed in an interval that means its
+/// link is saturated.
+const LOSS_THRESHOLD: f64 = 0.08;
+/// How long a loss-based cap holds the viewer down.
+const LOSS_HOLD: Duration = Duration::from_secs(4);
+/// A publisher silent this long may be replaced by a new one in its room.
+const STALE_PUBLISHER: Duration = Duration::from_secs(2);
 /// Where a viewer's bandwidth estimate starts before probing.
 const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_500);
 
@@ -378,10 +418,16 @@ impl Engine {
         offer: &str,
     ) -> Result<SessionAnswer, SfuError> {
         self.check_capacity()?;
-        if let Some(r) = self.rooms.get(room) {
-            if r.publisher.is_some() {
+        if let Some(pid) = self.rooms.get(room).and_then(|r| r.publisher) {
+            if !self.publisher_is_stale(pid, now) {
                 return Err(SfuError::PublisherExists(room.to_string()));
             }
+            // A publisher that went silent (a closed page, a crashed encoder)
+            // is replaced by the new one rather than blocking the room until
+            // its ICE times out.
+            info!(room, "replacing a silent publisher");
+            self.remove_peer(pid, now);
+            self.end_internal(now, pid);
         }
         let rtc = publisher_rtc_config().set_ice_lite(true).set_rtp_mode(true);
         let id = self.create_peer(now, room, Role::Publisher, rtc);
@@ -461,7 +507,8 @@ impl Engine {
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            .enable_bwe(Some(INITIAL_ESTIMATE));
+            .enable_bwe(Some(INITIAL_ESTIMATE))
+            .set_stats_interval(Some(LOSS_INTERVAL));
         *rtc.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
         let id = self.create_peer(now, room, Role::Subscriber, rtc);
         let answer = self.accept(id, offer)?;
@@ -476,6 +523,21 @@ impl Engine {
                 let kind = media.kind();
                 self.bind_subscriber_media(now, id, mid, kind);
             }
+        }
+        // Ask for a keyframe now: it often arrives while ICE and DTLS are
+        // still being set up, and the viewer starts on it at once.
+        let wanted: Vec<(usize, u8)> = self
+            .peers
+            .get(&id)
+            .map(|p| {
+                p.egress
+                    .iter()
+                    .filter_map(|e| e.forwarder.target().map(|s| (e.track, s.layer)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (track, layer) in wanted {
+            self.request_keyframe(now, room, track, layer);
         }
         self.process_events(now);
         let usable = self
@@ -624,6 +686,8 @@ impl Engine {
                 ingest: HashMap::new(),
                 egress: Vec::new(),
                 estimate: None,
+                last_media: None,
+                loss_cap: None,
             },
         );
         id
@@ -640,6 +704,7 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&id) else {
             return Err(SfuError::NoSession);
         };
+        let peer_role = peer.role;
         peer.remote_ufrag = sdp_ice_ufrag(offer_text);
         let answer = match peer.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
@@ -651,10 +716,12 @@ impl Engine {
             }
         };
         let answer_sdp = answer.to_sdp_string();
-        if let Some(m) = answer_sdp
+        let rejected = answer_sdp
             .lines()
-            .find(|l| l.starts_with("m=") && l.split(' ').nth(1) == Some("0"))
-        {
+            .find(|l| l.starts_with("m=") && l.split(' ').nth(1) == Some("0"));
+        // A viewer's m-line the room has nothing for is simply inactive; a
+        // publisher's offer is taken whole or not at all.
+        if let Some(m) = rejected.filter(|_| peer_role == Role::Publisher) {
             // RFC 9725 §4.4.3: no partial answers; refuse the whole offer.
             let m = m.trim_end().to_string();
             self.forget_peer(id);
@@ -717,6 +784,7 @@ impl Engine {
                     }
                 }
             }
+            Event::MediaEgressStats(stats) => self.egress_loss(now, id, &stats),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
             | Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
                 peer.estimate = Some(estimate.as_u64());
@@ -728,7 +796,7 @@ impl Engine {
                     // A picture at once: replay the cached GOP where there is
                     // one, else ask the publisher for a keyframe.
                     let room = peer.room.clone();
-                    let wanted = self.replay_gops(now, id);
+                    let wanted = self.replay_gops(now, id, false);
                     for (track, layer) in wanted {
                         self.request_keyframe(now, &room, track, layer);
                     }
@@ -812,6 +880,7 @@ impl Engine {
                     .map(|_| GopCache::new(gop_bytes))
                     .collect();
                 t.stats = vec![LayerStats::default(); layers.len()];
+                t.last_keyframe_at = vec![None; layers.len()];
                 t.layers = layers;
                 i
             }
@@ -825,6 +894,7 @@ impl Engine {
                         .map(|_| GopCache::new(gop_bytes))
                         .collect(),
                     stats: vec![LayerStats::default(); layers.len()],
+                    last_keyframe_at: vec![None; layers.len()],
                     layers,
                 });
                 room.tracks.len() - 1
@@ -914,6 +984,8 @@ impl Engine {
             selector,
             forwarded: 0,
             dropped: 0,
+            last_egress: (0, 0),
+            replay_deadline: None,
         });
     }
 
@@ -923,6 +995,7 @@ impl Engine {
             return;
         };
         let ssrc = packet.header.ssrc;
+        publisher.last_media = Some(now);
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
@@ -1020,9 +1093,16 @@ impl Engine {
                     .filter(|e| room.tracks[e.track].kind == MediaKind::Video)
                     .count()
                     .max(1);
-                let share = sub
-                    .estimate
-                    .map(|e| e.saturating_sub(AUDIO_ALLOWANCE) / videos as u64);
+                let cap = sub
+                    .loss_cap
+                    .filter(|(_, until)| now < *until)
+                    .map(|(c, _)| c);
+                let estimate = match (sub.estimate, cap) {
+                    (Some(e), Some(c)) => Some(e.min(c + AUDIO_ALLOWANCE)),
+                    (e, None) => e,
+                    (None, Some(c)) => Some(c + AUDIO_ALLOWANCE),
+                };
+                let share = estimate.map(|e| e.saturating_sub(AUDIO_ALLOWANCE) / videos as u64);
                 // What BWE should probe for (the best layers, with headroom)
                 // and the padding floor (the next layer up from each current).
                 let (mut desired, mut minimum) = (0u64, 0u64);
@@ -1081,6 +1161,63 @@ impl Engine {
         for (room, track, layer) in keyframes {
             self.request_keyframe(now, &room, track, layer);
         }
+        // Viewers still without a picture after waiting for a fresh keyframe
+        // get the cached GOP.
+        let overdue: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.connected
+                    && p.egress.iter().any(|e| {
+                        e.forwarder.current().is_none()
+                            && e.replay_deadline.is_some_and(|d| now >= d)
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.replay_gops(now, id, true);
+        }
+    }
+
+    /// Delay-based estimates lag a sudden cut of bandwidth by seconds, while
+    /// the viewer's NACKs show the loss at once: past `LOSS_THRESHOLD` of a
+    /// video stream's packets NACKed in an interval, the viewer's bandwidth
+    /// is capped below its current layer for `LOSS_HOLD`.
+    fn egress_loss(&mut self, now: Instant, id: PeerId, stats: &str0m::stats::MediaEgressStats) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        let Some(e) = peer.egress.iter_mut().find(|e| e.mid == stats.mid) else {
+            return;
+        };
+        let Some(track) = room
+            .tracks
+            .get(e.track)
+            .filter(|t| t.kind == MediaKind::Video)
+        else {
+            return;
+        };
+        let (packets, nacks) = (
+            stats.packets.saturating_sub(e.last_egress.0),
+            stats.nacks.saturating_sub(e.last_egress.1),
+        );
+        e.last_egress = (stats.packets, stats.nacks);
+        let lossy = packets >= 20 && nacks as f64 > packets as f64 * LOSS_THRESHOLD;
+        if !lossy {
+            return;
+        }
+        let current = e
+            .forwarder
+            .current()
+            .and_then(|s| track.stats.get(s.layer as usize))
+            .map_or(0, |s| s.bitrate);
+        let cap = current / 2;
+        debug!(session = %peer.session, packets, nacks, cap, "heavy loss: capping the viewer's bandwidth");
+        peer.loss_cap = Some((cap, now + LOSS_HOLD));
     }
 
     /// A viewer asks for a layer (or automatic choice again).
@@ -1188,7 +1325,13 @@ impl Engine {
 
     /// Starts a new viewer's video from each watched layer's cached GOP.
     /// Returns the (track, layer) pairs that had none and need a keyframe.
-    fn replay_gops(&mut self, now: Instant, id: PeerId) -> Vec<(usize, u8)> {
+    fn replay_gops(&mut self, now: Instant, id: PeerId, force: bool) -> Vec<(usize, u8)> {
+        let internal_publisher = self
+            .peers
+            .get(&id)
+            .and_then(|p| self.rooms.get(&p.room))
+            .and_then(|r| r.publisher)
+            .is_some_and(|pid| self.internal.contains_key(&pid));
         let mut missing = Vec::new();
         let Some(peer) = self.peers.get_mut(&id) else {
             return missing;
@@ -1204,14 +1347,28 @@ impl Engine {
             let Some(track) = room.tracks.get(e.track) else {
                 continue;
             };
-            if track.kind != MediaKind::Video {
+            if track.kind != MediaKind::Video || e.forwarder.current().is_some() {
                 continue;
             }
-            let cached: Vec<&CachedPacket> = match track
+            let layer = source.layer as usize;
+            let young = track
                 .gop
-                .get(source.layer as usize)
-                .and_then(|g| g.packets())
+                .get(layer)
+                .and_then(|g| g.age(now))
+                .is_some_and(|a| a < MAX_REPLAY_AGE);
+            if !(force
+                || young
+                || internal_publisher
+                || track.ignores_keyframe_requests(layer, now))
             {
+                // A fresh keyframe (asked for at the POST) beats an old GOP;
+                // wait for it a little while.
+                e.replay_deadline.get_or_insert(now + FRESH_KEYFRAME_WAIT);
+                missing.push((e.track, source.layer));
+                continue;
+            }
+            e.replay_deadline = None;
+            let cached: Vec<&CachedPacket> = match track.gop.get(layer).and_then(|g| g.packets()) {
                 Some(it) => it.collect(),
                 None => {
                     missing.push((e.track, source.layer));
@@ -1526,6 +1683,20 @@ impl Engine {
         self.notify_taps(room);
     }
 
+    /// Whether a room's publisher may be replaced by a new one: it has sent
+    /// no media for `STALE_PUBLISHER`, or never connected within it.
+    fn publisher_is_stale(&self, id: PeerId, now: Instant) -> bool {
+        let since = |t: Instant| now.saturating_duration_since(t) >= STALE_PUBLISHER;
+        match (self.peers.get(&id), self.internal.get(&id)) {
+            (Some(p), _) => match p.last_media {
+                Some(t) => since(t),
+                None => since(p.created),
+            },
+            (None, Some(p)) => p.last_media.is_none_or(since) && since(p.created),
+            (None, None) => true,
+        }
+    }
+
     /// An in-process publisher (`ingest`: e.g. "rtmp") joins `room` with
     /// these tracks; returns its id, session and signal receiver.
     pub fn publish_internal(
@@ -1536,8 +1707,13 @@ impl Engine {
         tracks: &[IngestCodec],
     ) -> Result<(PeerId, String, mpsc::UnboundedReceiver<IngestSignal>), SfuError> {
         self.check_capacity()?;
-        if self.rooms.get(room).is_some_and(|r| r.publisher.is_some()) {
-            return Err(SfuError::PublisherExists(room.to_string()));
+        if let Some(pid) = self.rooms.get(room).and_then(|r| r.publisher) {
+            if !self.publisher_is_stale(pid, now) {
+                return Err(SfuError::PublisherExists(room.to_string()));
+            }
+            info!(room, "replacing a silent publisher");
+            self.remove_peer(pid, now);
+            self.end_internal(now, pid);
         }
         if tracks.is_empty() {
             return Err(SfuError::NoUsableMedia {
@@ -1579,6 +1755,7 @@ impl Engine {
                 ingest: ingest.to_string(),
                 created: now,
                 tracks: indices,
+                last_media: None,
                 signals,
             },
         );
@@ -1589,9 +1766,11 @@ impl Engine {
 
     /// One packet from an internal publisher.
     pub fn ingest(&mut self, now: Instant, id: PeerId, track: usize, packet: IngestPacket) {
-        let Some(publisher) = self.internal.get(&id) else {
+        let Some(publisher) = self.internal.get_mut(&id) else {
             return;
         };
+        publisher.last_media = Some(now);
+        let publisher = &*publisher;
         let Some(&track_index) = publisher.tracks.get(track) else {
             return;
         };
@@ -1876,7 +2055,13 @@ fn fan_out(
             pt: *pt,
             payload: packet.payload.clone(),
             keyframe_start,
+            arrival: packet.arrival,
         });
+    }
+    if keyframe_start {
+        if let Some(k) = track.last_keyframe_at.get_mut(layer as usize) {
+            *k = Some(now);
+        }
     }
     if let Some(taps) = taps {
         // A tap that cannot keep up loses packets (it sees the gap), and

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// One cached RTP packet of the current GOP.
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ pub struct CachedPacket {
     pub pt: u8,
     pub payload: Arc<[u8]>,
     pub keyframe_start: bool,
+    pub arrival: Instant,
 }
 
 #[derive(Debug)]
@@ -31,6 +33,8 @@ pub struct GopCache {
     max_bytes: usize,
     /// Whether `packets` starts at a keyframe (caching is on).
     started: bool,
+    /// When the GOP's keyframe arrived.
+    started_at: Option<Instant>,
 }
 
 impl GopCache {
@@ -40,6 +44,7 @@ impl GopCache {
             bytes: 0,
             max_bytes,
             started: false,
+            started_at: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl GopCache {
             self.packets.retain(|q| q.seq_no > first);
             self.bytes = self.packets.iter().map(|q| q.payload.len()).sum();
             self.started = true;
+            self.started_at = Some(p.arrival);
         } else if !self.started {
             return;
         } else if self.packets.front().is_some_and(|f| p.seq_no < f.seq_no) {
@@ -95,11 +101,18 @@ impl GopCache {
         self.bytes
     }
 
+    /// How old the GOP's keyframe is: replaying an old GOP puts a viewer
+    /// that far behind live until its decoder catches up.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.started_at.map(|t| now.saturating_duration_since(t))
+    }
+
     /// Forgets everything (the publisher left, or the GOP outgrew the bound).
     pub fn clear(&mut self) {
         self.packets.clear();
         self.bytes = 0;
         self.started = false;
+        self.started_at = None;
     }
 }
 
@@ -115,6 +128,7 @@ mod tests {
             pt: 96,
             payload: vec![0u8; len].into(),
             keyframe_start: key,
+            arrival: Instant::now(),
         }
     }
 

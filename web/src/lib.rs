@@ -1,4 +1,202 @@
-//! Placeholder until the pages land: serves nothing.
-pub fn router() -> axum::Router {
-    axum::Router::new()
+//! Dionysia's browser pages, embedded in the binary.
+//!
+//! ```text
+//!  GET /                  index: open a room to watch or publish
+//!  GET /publish/{room}    camera + mic ─► WHIP  POST /whip/{room}
+//!  GET /watch/{room}      WHEP POST /whep/{room} ─► <video>
+//!  GET /assets/{file}     the ES modules and the stylesheet the pages load
+//! ```
+//!
+//! Every file is compiled in from `web/assets/` (`include_str!`), so the
+//! binary serves its pages with nothing beside it. The pages are static: the
+//! room comes from the URL path in the browser, never from templating, so no
+//! request data is ever written into HTML here. The JavaScript is plain ES
+//! modules with no dependencies (no CDN, no bundler): `whip.js` and `whep.js`
+//! are small WHIP/WHEP clients that other pages and the end-to-end tests reuse.
+//!
+//! This crate never touches media or the SFU: it only answers GETs.
+
+use axum::extract::Path;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderValue, StatusCode};
+
+/// One embedded file.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const SVG: &str = "image/svg+xml";
+
+/// What `/assets/{file}` serves.
+const ASSETS: &[Asset] = &[
+    asset("wish.js", JS, include_str!("../assets/wish.js")),
+    asset("whip.js", JS, include_str!("../assets/whip.js")),
+    asset("whep.js", JS, include_str!("../assets/whep.js")),
+    asset("page.js", JS, include_str!("../assets/page.js")),
+    asset("index.js", JS, include_str!("../assets/index.js")),
+    asset("publish.js", JS, include_str!("../assets/publish.js")),
+    asset("watch.js", JS, include_str!("../assets/watch.js")),
+    asset("style.css", CSS, include_str!("../assets/style.css")),
+    asset("icon.svg", SVG, include_str!("../assets/icon.svg")),
+];
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const PUBLISH_HTML: &str = include_str!("../assets/publish.html");
+const WATCH_HTML: &str = include_str!("../assets/watch.html");
+
+/// The pages only load their own modules and talk to their own origin.
+/// `media-src` allows the MediaStreams the pages attach to `<video>`.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; media-src 'self' blob: mediastream:; connect-src 'self'; \
+     object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+const fn asset(name: &'static str, content_type: &'static str, body: &'static str) -> Asset {
+    Asset {
+        name,
+        content_type,
+        body,
+    }
+}
+
+/// The routes of the pages and their assets; merged into the server's router.
+pub fn router() -> Router {
+    Router::new()
+        .route("/", get(|| async { page(INDEX_HTML) }))
+        .route("/publish/{room}", get(|| async { page(PUBLISH_HTML) }))
+        .route("/watch/{room}", get(|| async { page(WATCH_HTML) }))
+        .route("/assets/{file}", get(serve_asset))
+}
+
+fn page(html: &'static str) -> Response {
+    let mut response = file_response(HTML, html);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+async fn serve_asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|a| a.name == file) {
+        Some(a) => file_response(a.content_type, a.body),
+        None => not_found(),
+    }
+}
+
+fn file_response(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Revalidate each time: the files change with the binary, and
+            // they are small.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An RFC 9457 problem, as every other Dionysia endpoint answers errors.
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        r#"{"type":"about:blank","title":"Not Found","status":404,"detail":"no such asset"}"#,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use http::Request;
+    use tower::ServiceExt;
+
+    async fn get(path: &str) -> (StatusCode, http::HeaderMap, String) {
+        let response = router()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn pages_are_html_with_a_csp() {
+        for (path, marker) in [
+            ("/", "Watch a room"),
+            ("/publish/main", "/assets/publish.js"),
+            ("/watch/some%20room", "/assets/watch.js"),
+        ] {
+            let (status, headers, body) = get(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(headers[header::CONTENT_TYPE], HTML, "{path}");
+            assert!(
+                headers.contains_key(header::CONTENT_SECURITY_POLICY),
+                "{path}"
+            );
+            assert!(body.contains(marker), "{path} lacks {marker}");
+        }
+    }
+
+    #[tokio::test]
+    async fn assets_have_their_types_and_unknown_ones_are_404() {
+        let (status, headers, body) = get("/assets/whep.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], JS);
+        assert!(body.contains("export class WhepViewer"));
+        let (status, headers, _) = get("/assets/style.css").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], CSS);
+        let (status, headers, _) = get("/assets/nope.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        let (status, _, _) = get("/assets/..%2Fsrc%2Flib.rs").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// Every `/assets/x` a page names and every `./x.js` a module imports is
+    /// one we serve: a file added to `assets/` but not to `ASSETS` fails here.
+    #[test]
+    fn every_referenced_file_is_served() {
+        let mut texts: Vec<&str> = vec![INDEX_HTML, PUBLISH_HTML, WATCH_HTML];
+        texts.extend(ASSETS.iter().map(|a| a.body));
+        let served = |name: &str| ASSETS.iter().any(|a| a.name == name);
+        let mut checked = 0;
+        for text in texts {
+            for (prefix, end) in [("/assets/", '"'), ("from './", '\'')] {
+                for (i, _) in text.match_indices(prefix) {
+                    let rest = &text[i + prefix.len()..];
+                    let Some(name) = rest.split(end).next() else {
+                        continue;
+                    };
+                    // Skip prose such as "/assets/..." in comments.
+                    if [".js", ".css", ".svg"]
+                        .iter()
+                        .any(|ext| name.ends_with(ext))
+                    {
+                        assert!(served(name), "{name} is referenced but not served");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 10, "found only {checked} references");
+    }
 }
