@@ -96,6 +96,12 @@ impl Server {
     /// Unless `extra` names a `--data-dir`, the server gets a fresh, empty
     /// database directory of its own (removed when the server is dropped).
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_bound("127.0.0.1", extra)
+    }
+
+    /// Like [`Server::start`], with HTTP on `http_ip` (e.g. `0.0.0.0` for
+    /// clients in a network namespace).
+    pub fn start_bound(http_ip: &str, extra: &[&str]) -> Server {
         let http_port = free_tcp_port();
         let udp_port = free_udp_port();
         let data_dir = (!extra.contains(&"--data-dir")).then(|| TempDir::new("data"));
@@ -105,7 +111,7 @@ impl Server {
         }
         cmd.args([
             "--http-listen",
-            &format!("127.0.0.1:{http_port}"),
+            &format!("{http_ip}:{http_port}"),
             "--udp-listen",
             &format!("0.0.0.0:{udp_port}"),
             "--public-ip",
