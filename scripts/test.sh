@@ -22,6 +22,9 @@ command -v nasm >/dev/null || need_pkgs+=(nasm)
 /usr/bin/python3 -c "import gi; gi.require_version('GstWebRTC','1.0'); gi.require_version('Nice','0.1')" 2>/dev/null \
   || need_pkgs+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-nice)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+# Network impairment for the simulcast tests (namespaces, tc, random loss).
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v iptables >/dev/null || need_pkgs+=(iptables)
 # GStreamer RTMP publishers (librtmp's rtmpsink is OBS's RTMP stack) and encoders.
 gst_ok=1
 for element in x264enc voaacenc flvmux rtmpsink rtmp2sink webrtcbin; do

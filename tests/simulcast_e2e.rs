@@ -187,3 +187,50 @@ fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
         "moved back up {up} ms after the limit was lifted: {r:#}"
     );
 }
+
+#[test]
+fn lost_packets_are_retransmitted_to_viewers() {
+    let _serial = serial();
+    let (host_ip, ns_ip) = ("10.77.42.1", "10.77.42.2");
+    let ns = Netns::create("ls", host_ip, ns_ip);
+    let server = Server::start_bound(
+        "0.0.0.0",
+        &["--room", &format!("sim:{KEY}"), "--public-ip", host_ip],
+    );
+    let viewer_base = format!("http://{host_ip}:{}", server.http_port);
+    let r = layers(
+        &server,
+        "loss",
+        &[
+            "--viewer-base",
+            &viewer_base,
+            "--netns",
+            &ns.name,
+            "--dev",
+            &ns.host_dev,
+        ],
+    );
+    let (b, a) = (&r["before"]["video"], &r["after"]["video"]);
+    let delta = |k: &str| a[k].as_i64().unwrap_or(0) - b[k].as_i64().unwrap_or(0);
+    eprintln!(
+        "5% loss: {} packets, {} NACKs, {} retransmissions received, {} lost for good, {} frames decoded, {} freezes",
+        delta("packetsReceived"),
+        delta("nackCount"),
+        delta("retransmittedPacketsReceived"),
+        delta("packetsLost"),
+        delta("framesDecoded"),
+        delta("freezeCount")
+    );
+    assert!(
+        delta("nackCount") > 10,
+        "the viewer should NACK under 5% loss: {r:#}"
+    );
+    assert!(
+        delta("retransmittedPacketsReceived") > 10,
+        "the server should retransmit (RTX): {r:#}"
+    );
+    assert!(
+        delta("framesDecoded") > 100,
+        "decoding must go on under loss: {r:#}"
+    );
+}

@@ -12,6 +12,8 @@
 //  - reconnect: one viewer watches; the publisher page is closed (WHIP DELETE)
 //               and another page publishes again; report whether the viewer
 //               stayed connected and how long until its frames resumed.
+//  - loss:      the same viewer setup with 5% of its incoming UDP dropped
+//               (iptables in the namespace); report NACKs and retransmissions.
 //  - bandwidth: one viewer runs in a Chromium inside network namespace NS;
 //               its link (host side DEV) is limited with tc tbf to 350 kbit/s,
 //               then the limit is lifted; report when the viewer's layer and
@@ -98,6 +100,16 @@ async function startViewers({ base, room, count, layers }) {
 
 async function viewerState() {
   return Promise.all(window.__v.map(async (p) => {
+    let video = null;
+    (await p.v.pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        video = {
+          packetsReceived: r.packetsReceived, packetsLost: r.packetsLost, nackCount: r.nackCount,
+          retransmittedPacketsReceived: r.retransmittedPacketsReceived ?? null,
+          framesDecoded: r.framesDecoded, freezeCount: r.freezeCount, pliCount: r.pliCount,
+        };
+      }
+    });
     let layer = null;
     try { layer = await (await fetch(`${p.v.location}/layer`)).json(); } catch { /* gone */ }
     return {
@@ -106,6 +118,7 @@ async function viewerState() {
       connection: p.v.pc.connectionState, layerStatus: p.layerStatus ?? null,
       current: layer?.video?.[0]?.current ?? null, target: layer?.video?.[0]?.target ?? null,
       estimate: layer?.estimated_bitrate ?? null,
+      video,
     };
   }));
 }
@@ -203,6 +216,20 @@ await runReport(120000, async (report) => {
       report.maxGapMs = end.maxGapMs;
       report.gaps = end.gaps;
       report.samples = samples.filter((_, i) => i % 4 === 0);
+    } else if (args.mode === 'loss') {
+      // 5% random loss on the viewer's link: the viewer must NACK, the
+      // server must answer with retransmissions, and decoding must go on.
+      const ns = await launchInNetns(args.netns);
+      closers.push(ns.close);
+      const viewPage = await newPage(ns.context, args['viewer-base']);
+      await viewPage.evaluate(startViewers, { base: args['viewer-base'], room: args.room, count: 1, layers: [{ rid: 'm' }] });
+      await sleep(2000);
+      report.before = (await viewPage.evaluate(viewerState))[0];
+      // (iptables in the viewer's namespace: this kernel has no netem)
+      execFileSync('ip', ['netns', 'exec', args.netns, 'iptables', '-A', 'INPUT', '-p', 'udp',
+        '-m', 'statistic', '--mode', 'random', '--probability', '0.05', '-j', 'DROP'], { stdio: 'pipe' });
+      await sleep(8000);
+      report.after = (await viewPage.evaluate(viewerState))[0];
     } else {
       throw new Error(`unknown --mode ${args.mode}`);
     }
