@@ -22,6 +22,13 @@ use crate::{
 
 /// Longest the loop sleeps without looking at the engine's housekeeping.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Deadlines closer than this are served at once: tokio's timer has 1 ms
+/// resolution, and str0m asks to be called back microseconds after each
+/// packet it paces out (waiting a full tick per packet capped a viewer at
+/// ~1,000 packets/s).
+const NEAR_DEADLINE: Duration = Duration::from_millis(1);
+/// Socket buffers: room for bursts of a fan-out to thousands of viewers.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Receive buffer per datagram; WebRTC datagrams stay under ~1,500 bytes.
 const DATAGRAM_BUF: usize = 2048;
 
@@ -376,6 +383,9 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> io::Result<()> {
     let state = UdpSocketState::new((&socket).into())?;
+    // The kernel caps these at net.core.{r,w}mem_max; best effort.
+    let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
     let socket = tokio::net::UdpSocket::from_std(socket)?;
     let local = socket.local_addr()?;
     info!(%local, "media socket ready");
@@ -388,6 +398,11 @@ async fn run(
             .poll_timeout()
             .unwrap_or(now + HOUSEKEEPING)
             .min(now + HOUSEKEEPING);
+        let wake = if deadline <= now + NEAR_DEADLINE {
+            now
+        } else {
+            deadline
+        };
         tokio::select! {
             ready = socket.readable() => {
                 ready?;
@@ -397,11 +412,13 @@ async fn run(
                 Some(c) => handle_command(&mut engine, c),
                 None => return Ok(()), // every handle dropped: shut down
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
         let now = Instant::now();
-        if now >= deadline {
-            engine.handle_timeout(now);
+        if now + NEAR_DEADLINE >= deadline {
+            // Feeding str0m a time up to 1 ms early is harmless; sleeping to
+            // it is not (see NEAR_DEADLINE).
+            engine.handle_timeout(now.max(deadline));
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Engine {
     taps: HashMap<String, Vec<TapSender>>,
     /// In-process publishers (the RTMP shim), by their id (a PeerId).
     internal: HashMap<PeerId, Internal>,
+    /// Viewers waiting for a fresh keyframe, and when to replay the GOP instead.
+    pending_replays: Vec<(Instant, PeerId)>,
 }
 
 /// A publisher with no str0m peer (see `ingest.rs`).
@@ -234,6 +236,8 @@ const LAYER_TICK: Duration = Duration::from_millis(500);
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Bandwidth kept aside for a viewer's audio when sharing its estimate.
 const AUDIO_ALLOWANCE: u64 = 100_000;
+/// Packets of a viewer's video kept to answer its NACKs.
+const RTX_CACHE_PACKETS: usize = 300;
 /// Replay a cached GOP to a new viewer only when it is younger than this
 /// (or the publisher ignores keyframe requests): an older GOP puts the viewer
 /// behind live while its decoder catches up.
@@ -293,6 +297,7 @@ impl Engine {
             last_tick: None,
             taps: HashMap::new(),
             internal: HashMap::new(),
+            pending_replays: Vec::new(),
         }
     }
 
@@ -382,6 +387,18 @@ impl Engine {
             self.drain(id);
         }
         self.process_events(now);
+        // Viewers still without a picture after waiting for a fresh keyframe
+        // get the cached GOP.
+        if self.pending_replays.iter().any(|(at, _)| now >= *at) {
+            let (due, later): (Vec<_>, Vec<_>) = self
+                .pending_replays
+                .drain(..)
+                .partition(|(at, _)| now >= *at);
+            self.pending_replays = later;
+            for (_, id) in due {
+                self.replay_gops(now, id, true);
+            }
+        }
         if self.next_tick.is_none_or(|t| now >= t) {
             self.tick(now);
             self.next_tick = Some(now + LAYER_TICK);
@@ -394,7 +411,9 @@ impl Engine {
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             match self.peers.get(&id) {
                 Some(p) if p.next_timeout == at => {
-                    return Some(self.next_tick.map_or(at, |t| t.min(at)))
+                    let replay = self.pending_replays.iter().map(|(t, _)| *t).min();
+                    let at = self.next_tick.map_or(at, |t| t.min(at));
+                    return Some(replay.map_or(at, |r| r.min(at)));
                 }
                 _ => {
                     self.timeouts.pop();
@@ -507,8 +526,15 @@ impl Engine {
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            .enable_bwe(Some(INITIAL_ESTIMATE))
-            .set_stats_interval(Some(LOSS_INTERVAL));
+            .set_stats_interval(Some(LOSS_INTERVAL))
+            // Enough to answer NACKs for ~1 s of a top layer; str0m's default
+            // (1,000 packets) cost ~700 KiB per viewer.
+            .set_send_buffer_video(RTX_CACHE_PACKETS);
+        // Bandwidth estimation needs transport-cc feedback; without it the
+        // estimator only paces and throttles (REMB still reports estimates).
+        if offer.contains("transport-wide-cc") {
+            rtc = rtc.enable_bwe(Some(INITIAL_ESTIMATE));
+        };
         *rtc.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
         let id = self.create_peer(now, room, Role::Subscriber, rtc);
         let answer = self.accept(id, offer)?;
@@ -1161,23 +1187,6 @@ impl Engine {
         for (room, track, layer) in keyframes {
             self.request_keyframe(now, &room, track, layer);
         }
-        // Viewers still without a picture after waiting for a fresh keyframe
-        // get the cached GOP.
-        let overdue: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.connected
-                    && p.egress.iter().any(|e| {
-                        e.forwarder.current().is_none()
-                            && e.replay_deadline.is_some_and(|d| now >= d)
-                    })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in overdue {
-            self.replay_gops(now, id, true);
-        }
     }
 
     /// Delay-based estimates lag a sudden cut of bandwidth by seconds, while
@@ -1332,6 +1341,7 @@ impl Engine {
             .and_then(|p| self.rooms.get(&p.room))
             .and_then(|r| r.publisher)
             .is_some_and(|pid| self.internal.contains_key(&pid));
+        let mut pending = false;
         let mut missing = Vec::new();
         let Some(peer) = self.peers.get_mut(&id) else {
             return missing;
@@ -1363,7 +1373,10 @@ impl Engine {
             {
                 // A fresh keyframe (asked for at the POST) beats an old GOP;
                 // wait for it a little while.
-                e.replay_deadline.get_or_insert(now + FRESH_KEYFRAME_WAIT);
+                if e.replay_deadline.is_none() {
+                    e.replay_deadline = Some(now + FRESH_KEYFRAME_WAIT);
+                    pending = true;
+                };
                 missing.push((e.track, source.layer));
                 continue;
             }
@@ -1414,6 +1427,9 @@ impl Engine {
                 &mut self.events,
                 &mut self.timeouts,
             );
+        }
+        if pending {
+            self.pending_replays.push((now + FRESH_KEYFRAME_WAIT, id));
         }
         missing
     }
