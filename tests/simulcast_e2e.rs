@@ -146,19 +146,17 @@ impl Drop for Netns {
     }
 }
 
-#[test]
-fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
-    let _serial = serial();
-    let (host_ip, ns_ip) = ("10.77.41.1", "10.77.41.2");
-    let ns = Netns::create("bw", host_ip, ns_ip);
-    let server = Server::start_bound(
-        "0.0.0.0",
-        &["--room", &format!("sim:{KEY}"), "--public-ip", host_ip],
-    );
+/// Runs a layers.mjs scenario whose viewer lives in a fresh network
+/// namespace behind a veth link (`tag` keeps names and subnets apart).
+fn in_namespace(tag: &str, subnet: u8, mode: &str) -> Value {
+    let (host_ip, ns_ip) = (format!("10.77.{subnet}.1"), format!("10.77.{subnet}.2"));
+    let ns = Netns::create(tag, &host_ip, &ns_ip);
+    let room = format!("sim:{KEY}");
+    let server = Server::start_bound("0.0.0.0", &["--room", &room, "--public-ip", &host_ip]);
     let viewer_base = format!("http://{host_ip}:{}", server.http_port);
-    let r = layers(
+    layers(
         &server,
-        "bandwidth",
+        mode,
         &[
             "--viewer-base",
             &viewer_base,
@@ -167,7 +165,13 @@ fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
             "--dev",
             &ns.host_dev,
         ],
-    );
+    )
+}
+
+#[test]
+fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
+    let _serial = serial();
+    let r = in_namespace("bw", 41, "bandwidth");
     assert!(
         r["start"].is_u64(),
         "the viewer never reached 1280 wide: {r:#}"
@@ -191,25 +195,7 @@ fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
 #[test]
 fn lost_packets_are_retransmitted_to_viewers() {
     let _serial = serial();
-    let (host_ip, ns_ip) = ("10.77.42.1", "10.77.42.2");
-    let ns = Netns::create("ls", host_ip, ns_ip);
-    let server = Server::start_bound(
-        "0.0.0.0",
-        &["--room", &format!("sim:{KEY}"), "--public-ip", host_ip],
-    );
-    let viewer_base = format!("http://{host_ip}:{}", server.http_port);
-    let r = layers(
-        &server,
-        "loss",
-        &[
-            "--viewer-base",
-            &viewer_base,
-            "--netns",
-            &ns.name,
-            "--dev",
-            &ns.host_dev,
-        ],
-    );
+    let r = in_namespace("ls", 42, "loss");
     let (b, a) = (&r["before"]["video"], &r["after"]["video"]);
     let delta = |k: &str| a[k].as_i64().unwrap_or(0) - b[k].as_i64().unwrap_or(0);
     eprintln!(

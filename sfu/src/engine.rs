@@ -437,34 +437,12 @@ impl Engine {
         offer: &str,
     ) -> Result<SessionAnswer, SfuError> {
         self.check_capacity()?;
-        if let Some(pid) = self.rooms.get(room).and_then(|r| r.publisher) {
-            if !self.publisher_is_stale(pid, now) {
-                return Err(SfuError::PublisherExists(room.to_string()));
-            }
-            // A publisher that went silent (a closed page, a crashed encoder)
-            // is replaced by the new one rather than blocking the room until
-            // its ICE times out.
-            info!(room, "replacing a silent publisher");
-            self.remove_peer(pid, now);
-            self.end_internal(now, pid);
-        }
+        self.free_room(now, room)?;
         let rtc = publisher_rtc_config().set_ice_lite(true).set_rtp_mode(true);
         let id = self.create_peer(now, room, Role::Publisher, rtc);
         let answer = self.accept(id, offer)?;
 
-        let room_state = self.rooms.entry(room.to_string()).or_insert_with(|| Room {
-            publisher: None,
-            generation: 0,
-            tracks: Vec::new(),
-            subscribers: Vec::new(),
-            orphaned_since: None,
-        });
-        room_state.publisher = Some(id);
-        room_state.generation = id;
-        room_state.orphaned_since = None;
-        for t in &mut room_state.tracks {
-            t.mid = None;
-        }
+        self.seat_publisher(room, id);
         // Bind now: str0m reports MediaAdded only once DTLS is up.
         for mid in sdp_mids(&answer.sdp) {
             let Some(media) = self.peers.get(&id).and_then(|p| p.rtc.media(mid)) else {
@@ -1699,6 +1677,39 @@ impl Engine {
         self.notify_taps(room);
     }
 
+    /// Makes way for a new publisher: `PublisherExists` while the room's
+    /// publisher is live; a silent one (a closed page, a crashed encoder) is
+    /// replaced rather than blocking the room until its ICE times out.
+    fn free_room(&mut self, now: Instant, room: &str) -> Result<(), SfuError> {
+        if let Some(pid) = self.rooms.get(room).and_then(|r| r.publisher) {
+            if !self.publisher_is_stale(pid, now) {
+                return Err(SfuError::PublisherExists(room.to_string()));
+            }
+            info!(room, "replacing a silent publisher");
+            self.remove_peer(pid, now);
+            self.end_internal(now, pid);
+        }
+        Ok(())
+    }
+
+    /// Makes `id` the room's publisher (a new generation for every viewer's
+    /// forwarder); its tracks are bound next.
+    fn seat_publisher(&mut self, room: &str, id: PeerId) {
+        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room {
+            publisher: None,
+            generation: 0,
+            tracks: Vec::new(),
+            subscribers: Vec::new(),
+            orphaned_since: None,
+        });
+        r.publisher = Some(id);
+        r.generation = id;
+        r.orphaned_since = None;
+        for t in &mut r.tracks {
+            t.mid = None;
+        }
+    }
+
     /// Whether a room's publisher may be replaced by a new one: it has sent
     /// no media for `STALE_PUBLISHER`, or never connected within it.
     fn publisher_is_stale(&self, id: PeerId, now: Instant) -> bool {
@@ -1723,14 +1734,7 @@ impl Engine {
         tracks: &[IngestCodec],
     ) -> Result<(PeerId, String, mpsc::UnboundedReceiver<IngestSignal>), SfuError> {
         self.check_capacity()?;
-        if let Some(pid) = self.rooms.get(room).and_then(|r| r.publisher) {
-            if !self.publisher_is_stale(pid, now) {
-                return Err(SfuError::PublisherExists(room.to_string()));
-            }
-            info!(room, "replacing a silent publisher");
-            self.remove_peer(pid, now);
-            self.end_internal(now, pid);
-        }
+        self.free_room(now, room)?;
         if tracks.is_empty() {
             return Err(SfuError::NoUsableMedia {
                 direction: "receive",
@@ -1740,19 +1744,7 @@ impl Engine {
         let id = self.next_peer;
         self.next_peer += 1;
         let session = random_token(32);
-        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room {
-            publisher: None,
-            generation: 0,
-            tracks: Vec::new(),
-            subscribers: Vec::new(),
-            orphaned_since: None,
-        });
-        r.publisher = Some(id);
-        r.generation = id;
-        r.orphaned_since = None;
-        for t in &mut r.tracks {
-            t.mid = None;
-        }
+        self.seat_publisher(room, id);
         let mut indices = Vec::with_capacity(tracks.len());
         for (i, codec) in tracks.iter().enumerate() {
             let (kind, params) = ingest_params(*codec);
