@@ -1,13 +1,14 @@
 //! The server's configuration: one typed struct, loaded from an optional
 //! TOML file, then environment variables, then flags (later wins), with
-//! defaults that run out of the box.
+//! defaults that run out of the box. Also the operator's subcommands
+//! (`dionysia room ...`), which share the flags that say where the data is.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use wish::IceServer;
 
@@ -16,6 +17,14 @@ use wish::IceServer;
 #[derive(Parser, Debug, Default)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
+    /// With no subcommand, run the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Directory of the database (created on first start) [default: ./data]
+    #[arg(long, env = "DIONYSIA_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
     /// TOML config file (see docs/configuration.md). Flags and environment override it.
     #[arg(long, env = "DIONYSIA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -33,8 +42,9 @@ pub struct Cli {
     #[arg(long = "public-ip", env = "DIONYSIA_PUBLIC_IP", value_delimiter = ',')]
     pub public_ips: Vec<IpAddr>,
 
-    /// A room and its stream key, NAME:STREAM_KEY (repeatable). With no room
-    /// configured, a room `demo` with a random key is created.
+    /// A room and its stream key, NAME:STREAM_KEY (repeatable): created in
+    /// the database, or its key set, at every start. With no room at all, a
+    /// room `demo` with a random key is created.
     #[arg(long = "room", env = "DIONYSIA_ROOMS", value_delimiter = ',')]
     pub rooms: Vec<String>,
 
@@ -53,6 +63,80 @@ pub struct Cli {
     /// Seconds viewers stay connected waiting for a publisher that left [default: 30]
     #[arg(long, env = "DIONYSIA_PUBLISHER_GRACE")]
     pub publisher_grace: Option<u64>,
+
+    /// RTMP ingest address (rtmp://host/live/STREAM_KEY), or `off` [default: 0.0.0.0:1935]
+    #[arg(long, env = "DIONYSIA_RTMP_LISTEN")]
+    pub rtmp_listen: Option<String>,
+
+    /// A bearer token for the admin API (repeatable). With none here and none
+    /// stored, the first start generates one, stores its hash and prints it once.
+    #[arg(
+        long = "admin-token",
+        env = "DIONYSIA_ADMIN_TOKENS",
+        value_delimiter = ','
+    )]
+    pub admin_tokens: Vec<String>,
+
+    /// URL that receives signed webhook events (repeatable).
+    #[arg(long = "webhook", env = "DIONYSIA_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+
+    /// Secret for the webhooks' HMAC-SHA256 signature (needed with --webhook).
+    #[arg(long, env = "DIONYSIA_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+
+    /// Base URL clients reach this server at, for the URLs the API hands out
+    /// (e.g. https://live.example.com) [default: from the request's Host]
+    #[arg(long, env = "DIONYSIA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Failed authentications allowed per source IP per minute before `429` (0: no limit) [default: 30]
+    #[arg(long, env = "DIONYSIA_AUTH_FAILURE_LIMIT")]
+    pub auth_failure_limit: Option<u32>,
+}
+
+/// Operator subcommands; they work on the same database as the server.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, list and re-key rooms.
+    #[command(subcommand)]
+    Room(RoomCommand),
+    /// Admin API tokens.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoomCommand {
+    /// Create a room and print its stream key and URLs.
+    Create(CreateRoom),
+    /// List the rooms.
+    List {
+        /// Also print each room's stream key.
+        #[arg(long)]
+        show_keys: bool,
+    },
+    /// Give a room a new stream key (the old one stops working at once).
+    RotateKey { name: String },
+    /// Delete a room.
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateRoom {
+    pub name: String,
+    /// Viewers need a viewer token.
+    #[arg(long)]
+    pub private: bool,
+    /// Most WebRTC viewers at once.
+    #[arg(long)]
+    pub max_viewers: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminTokenCommand {
+    /// Generate a new admin token, store its hash and print it (once).
+    Create,
 }
 
 /// The config file's shape (every field optional).
@@ -69,6 +153,15 @@ pub struct FileConfig {
     pub ice_servers: Vec<IceServer>,
     pub max_sessions: Option<usize>,
     pub publisher_grace: Option<u64>,
+    pub rtmp_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub admin_tokens: Vec<String>,
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    pub webhook_secret: Option<String>,
+    pub public_url: Option<String>,
+    pub auth_failure_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -82,10 +175,22 @@ pub struct RoomConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http_listen: SocketAddr,
+    /// RTMP ingest; `None` when switched off.
+    pub rtmp_listen: Option<SocketAddr>,
     pub sfu: sfu::SfuConfig,
     pub rooms: Vec<RoomConfig>,
     pub ice_servers: Vec<IceServer>,
+    pub data_dir: PathBuf,
+    pub admin_tokens: Vec<String>,
+    pub webhooks: Vec<String>,
+    pub webhook_secret: Option<String>,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+    pub auth_failure_limit: u32,
 }
+
+/// Admin tokens and webhook secrets: long enough not to be guessed.
+const MIN_SECRET_LEN: usize = 16;
 
 impl Config {
     pub fn load(cli: Cli) -> anyhow::Result<Config> {
@@ -143,7 +248,59 @@ impl Config {
                 credential: parts.next().map(str::to_string),
             });
         }
+        let admin_tokens = if cli.admin_tokens.is_empty() {
+            file.admin_tokens
+        } else {
+            cli.admin_tokens
+        };
+        if admin_tokens.iter().any(|t| t.len() < MIN_SECRET_LEN) {
+            bail!("an admin token has at least {MIN_SECRET_LEN} characters");
+        }
+        let webhooks = if cli.webhooks.is_empty() {
+            file.webhooks
+        } else {
+            cli.webhooks
+        };
+        for url in &webhooks {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--webhook takes an http:// or https:// URL, got {url:?}");
+            }
+        }
+        let webhook_secret = cli.webhook_secret.or(file.webhook_secret);
+        match &webhook_secret {
+            None if !webhooks.is_empty() => {
+                bail!("webhooks need a signing secret: --webhook-secret / DIONYSIA_WEBHOOK_SECRET")
+            }
+            Some(s) if s.len() < MIN_SECRET_LEN => {
+                bail!("the webhook secret has at least {MIN_SECRET_LEN} characters")
+            }
+            _ => {}
+        }
+        let public_url = cli
+            .public_url
+            .or(file.public_url)
+            .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                bail!("--public-url takes an http:// or https:// URL, got {u:?}");
+            }
+        }
         Ok(Config {
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            admin_tokens,
+            webhooks,
+            webhook_secret,
+            public_url,
+            auth_failure_limit: cli
+                .auth_failure_limit
+                .or(file.auth_failure_limit)
+                .unwrap_or(30),
+            rtmp_listen: parse_rtmp_listen(
+                cli.rtmp_listen.as_deref().or(file.rtmp_listen.as_deref()),
+            )?,
             http_listen: cli
                 .http_listen
                 .or(file.http_listen)
@@ -152,6 +309,18 @@ impl Config {
             rooms,
             ice_servers,
         })
+    }
+}
+
+/// `off` (or `none`, `false`, empty) switches RTMP off; default `0.0.0.0:1935`.
+fn parse_rtmp_listen(v: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+    match v.map(str::trim) {
+        None => Ok(Some(SocketAddr::from(([0, 0, 0, 0], 1935)))),
+        Some("" | "off" | "none" | "false") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("--rtmp-listen takes ADDR:PORT or off, got {a:?}")),
     }
 }
 
@@ -230,5 +399,41 @@ mod tests {
         assert!(Config::load(bad_ice).is_err());
         assert!(validate_room_name("ok_Room-1").is_ok());
         assert!(validate_room_name("").is_err());
+        let hook_without_secret = Cli {
+            webhooks: vec!["http://hooks.example.net/x".into()],
+            ..Default::default()
+        };
+        assert!(Config::load(hook_without_secret).is_err());
+        let short_token = Cli {
+            admin_tokens: vec!["short".into()],
+            ..Default::default()
+        };
+        assert!(Config::load(short_token).is_err());
+        let bad_url = Cli {
+            public_url: Some("live.example.com".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(bad_url).is_err());
+    }
+
+    #[test]
+    fn access_settings_default_and_load() {
+        let c = Config::load(Cli::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.auth_failure_limit, 30);
+        assert!(c.admin_tokens.is_empty() && c.webhooks.is_empty());
+        let c = Config::load(Cli {
+            data_dir: Some("/tmp/d".into()),
+            admin_tokens: vec!["0123456789abcdef".into()],
+            webhooks: vec!["https://hooks.example.net/x".into()],
+            webhook_secret: Some("0123456789abcdef".into()),
+            public_url: Some("https://live.example.com/".into()),
+            auth_failure_limit: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://live.example.com"));
+        assert_eq!(c.auth_failure_limit, 0);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
     }
 }

@@ -1,54 +1,225 @@
-//! The rooms this server serves and their stream keys, from the config.
-//! (The room API with its database replaces this.)
+//! The room directory the WHIP and WHEP edges ask (who may publish, who may
+//! watch), over the store. It reads the store on every request, so a key
+//! rotated or a room deleted by the API or the CLI counts at once. Also the
+//! gate that makes LL-HLS of private rooms ask for a viewer token.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use wish::RoomDirectory;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::warn;
+use wish::{Problem, RoomDirectory, ViewerAccess};
 
-pub struct ConfiguredRooms {
-    keys: HashMap<String, String>,
+use crate::auth::{constant_time_eq, new_room_id, new_stream_key, unix_now, ViewerTokenKey};
+use crate::config::validate_room_name;
+use crate::store::{RoomSettings, Store, StoredRoom};
+
+/// Most rooms one server keeps.
+pub const MAX_ROOMS: usize = 10_000;
+/// Bounds of a room's settings.
+pub const MAX_VIEWERS_LIMIT: u32 = 100_000;
+pub const MAX_LADDER_RUNGS: usize = 8;
+pub const LADDER_HEIGHTS: std::ops::RangeInclusive<u32> = 144..=2160;
+
+/// A new room with a fresh id and stream key.
+pub fn new_room(name: &str, settings: RoomSettings) -> StoredRoom {
+    let now = unix_now();
+    StoredRoom {
+        id: new_room_id(),
+        name: name.to_string(),
+        stream_key: new_stream_key(),
+        settings,
+        created_at: now,
+        updated_at: now,
+    }
 }
 
-impl ConfiguredRooms {
-    pub fn new(rooms: impl IntoIterator<Item = (String, String)>) -> Self {
-        ConfiguredRooms {
-            keys: rooms.into_iter().collect(),
+/// Checks the values a user chose; the message says what is allowed.
+pub fn validate_settings(s: &RoomSettings) -> Result<(), String> {
+    if let Some(n) = s.max_viewers {
+        if n == 0 || n > MAX_VIEWERS_LIMIT {
+            return Err(format!("max_viewers is 1 to {MAX_VIEWERS_LIMIT}"));
+        }
+    }
+    if s.ladder.len() > MAX_LADDER_RUNGS {
+        return Err(format!(
+            "the ladder has at most {MAX_LADDER_RUNGS} renditions"
+        ));
+    }
+    if let Some(h) = s.ladder.iter().find(|h| !LADDER_HEIGHTS.contains(h)) {
+        return Err(format!(
+            "ladder height {h}: heights are {} to {}",
+            LADDER_HEIGHTS.start(),
+            LADDER_HEIGHTS.end()
+        ));
+    }
+    Ok(())
+}
+
+pub struct StoredRooms {
+    store: Arc<dyn Store>,
+    tokens: Arc<ViewerTokenKey>,
+}
+
+impl StoredRooms {
+    pub fn new(store: Arc<dyn Store>, tokens: Arc<ViewerTokenKey>) -> Self {
+        StoredRooms { store, tokens }
+    }
+
+    fn room(&self, name: &str) -> Option<StoredRoom> {
+        // Names that cannot exist never reach the database.
+        validate_room_name(name).ok()?;
+        match self.store.room_by_name(name) {
+            Ok(r) => r,
+            Err(e) => {
+                // Fail closed: an unreadable database admits nobody.
+                warn!("room lookup failed: {e}");
+                None
+            }
         }
     }
 }
 
-impl RoomDirectory for ConfiguredRooms {
+impl RoomDirectory for StoredRooms {
     fn room_exists(&self, room: &str) -> bool {
-        self.keys.contains_key(room)
+        self.room(room).is_some()
     }
 
     fn stream_key_matches(&self, room: &str, key: &str) -> bool {
-        self.keys
-            .get(room)
-            .is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
+        self.room(room)
+            .is_some_and(|r| constant_time_eq(r.stream_key.as_bytes(), key.as_bytes()))
+    }
+
+    fn viewer_access(&self, room: &str, token: Option<&str>) -> ViewerAccess {
+        let Some(r) = self.room(room) else {
+            return ViewerAccess::TokenRefused;
+        };
+        let max_viewers = r.settings.max_viewers.map(|n| n as usize);
+        if !r.settings.private {
+            return ViewerAccess::Allowed { max_viewers };
+        }
+        let Some(token) = token else {
+            return ViewerAccess::TokenRequired;
+        };
+        match self.tokens.verify(token, unix_now()) {
+            Ok(c) if c.room == r.name && c.room_id == r.id => ViewerAccess::Allowed { max_viewers },
+            _ => ViewerAccess::TokenRefused,
+        }
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guessed key was right (the length is not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// `/hls/{room}/...` of a private room needs a viewer token: `?token=` (as
+/// in the API's `hls_url`) or `Authorization: Bearer`. Every playlist, part
+/// and segment request is checked, so the HLS output must carry the query
+/// into the URIs its playlists list. Public and unknown rooms pass through.
+pub async fn hls_access(
+    State(rooms): State<Arc<dyn RoomDirectory>>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let Some(room) = request
+        .uri()
+        .path()
+        .strip_prefix("/hls/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|r| !r.is_empty())
+    else {
+        return next.run(request).await;
+    };
+    let token = request
+        .uri()
+        .query()
+        .and_then(query_token)
+        .or_else(|| wish::bearer(request.headers()));
+    if !rooms.room_exists(room) {
+        return next.run(request).await;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    match rooms.viewer_access(room, token) {
+        ViewerAccess::Allowed { .. } => next.run(request).await,
+        ViewerAccess::TokenRequired => {
+            Problem::unauthorized("this room is private: add ?token=<viewer token>").into_response()
+        }
+        ViewerAccess::TokenRefused => {
+            Problem::unauthorized("the viewer token is invalid, expired or not for this room")
+                .into_response()
+        }
+    }
+}
+
+/// The `token` parameter of a query string (viewer tokens are URL-safe as is).
+fn query_token(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::ViewerClaims;
+    use crate::store::{RoomSettings, SqliteStore};
 
     #[test]
-    fn keys_match_exactly() {
-        let r = ConfiguredRooms::new([("a".to_string(), "secret".to_string())]);
-        assert!(r.room_exists("a") && !r.room_exists("b"));
-        assert!(r.stream_key_matches("a", "secret"));
-        assert!(!r.stream_key_matches("a", "secreT"));
-        assert!(!r.stream_key_matches("a", "secret2"));
-        assert!(!r.stream_key_matches("b", "secret"));
+    fn keys_and_viewer_tokens_are_checked_against_the_store() {
+        let dir = std::env::temp_dir().join(format!(
+            "dionysia-rooms-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir).unwrap());
+        let key = Arc::new(ViewerTokenKey::new(b"k".repeat(32)));
+        let rooms = StoredRooms::new(store.clone(), key.clone());
+        let mut r = StoredRoom {
+            id: "rm_a".into(),
+            name: "a".into(),
+            stream_key: "secret".into(),
+            settings: RoomSettings::default(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        store.insert_room(&r).unwrap();
+        assert!(rooms.room_exists("a") && !rooms.room_exists("b") && !rooms.room_exists("a/b"));
+        assert!(rooms.stream_key_matches("a", "secret"));
+        assert!(!rooms.stream_key_matches("a", "secreT"));
+        assert!(!rooms.stream_key_matches("b", "secret"));
+        assert_eq!(
+            rooms.viewer_access("a", None),
+            ViewerAccess::Allowed { max_viewers: None }
+        );
+        r.settings.private = true;
+        r.settings.max_viewers = Some(3);
+        store.update_room(&r).unwrap();
+        assert_eq!(rooms.viewer_access("a", None), ViewerAccess::TokenRequired);
+        let now = unix_now();
+        let good = key.sign(&ViewerClaims {
+            room: "a".into(),
+            room_id: "rm_a".into(),
+            iat: now,
+            exp: now + 60,
+        });
+        let other_id = key.sign(&ViewerClaims {
+            room: "a".into(),
+            room_id: "rm_old".into(),
+            iat: now,
+            exp: now + 60,
+        });
+        assert_eq!(
+            rooms.viewer_access("a", Some(&good)),
+            ViewerAccess::Allowed {
+                max_viewers: Some(3)
+            }
+        );
+        assert_eq!(
+            rooms.viewer_access("a", Some(&other_id)),
+            ViewerAccess::TokenRefused
+        );
+        assert_eq!(query_token("a=1&token=xyz.abc&b"), Some("xyz.abc"));
+        assert_eq!(query_token("token="), None);
+        assert_eq!(query_token("_HLS_msn=3"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

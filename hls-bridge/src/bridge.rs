@@ -682,6 +682,13 @@ impl Bridge {
     /// and bitrate are known, all referring to the audio renditions.
     /// `None` until at least one variant can be listed.
     pub fn multivariant_playlist(&self) -> Option<String> {
+        self.multivariant_playlist_under("")
+    }
+
+    /// The multivariant playlist with every media playlist URI under
+    /// `prefix` (e.g. `"s1a2b/"`: the HTTP edge puts a per-publish session
+    /// in the path, so a republish never reuses a cached file name).
+    pub fn multivariant_playlist_under(&self, prefix: &str) -> Option<String> {
         let audio: Vec<&Rendition> = self
             .renditions
             .iter()
@@ -707,7 +714,7 @@ impl Bridge {
                     codecs = format!("{codecs},{a}");
                 }
                 Some(Variant {
-                    uri: format!("{}/{}", r.name, playlist::MEDIA_PLAYLIST),
+                    uri: format!("{prefix}{}/{}", r.name, playlist::MEDIA_PLAYLIST),
                     bandwidth: peak + audio_peak,
                     average_bandwidth: Some(avg + audio_avg),
                     codecs,
@@ -728,7 +735,7 @@ impl Bridge {
             .map(|(i, r)| AudioMedia {
                 group_id: AUDIO_GROUP.to_owned(),
                 name: r.name.clone(),
-                uri: format!("{}/{}", r.name, playlist::MEDIA_PLAYLIST),
+                uri: format!("{prefix}{}/{}", r.name, playlist::MEDIA_PLAYLIST),
                 channels: r.codec().and_then(|c| c.channels()),
                 default: i == 0,
             })
@@ -852,6 +859,9 @@ mod tests {
         assert!(mv.contains("AUDIO=\"audio\""), "{mv}");
         assert!(mv.contains("URI=\"audio/media.m3u8\""), "{mv}");
         assert!(mv.contains("\n720p/media.m3u8\n"), "{mv}");
+        let under = b.multivariant_playlist_under("s9/").unwrap();
+        assert!(under.contains("URI=\"s9/audio/media.m3u8\""), "{under}");
+        assert!(under.contains("\ns9/720p/media.m3u8\n"), "{under}");
 
         // Files named in the playlist exist.
         for line in text.lines().filter(|l| l.starts_with("seg")) {

@@ -21,18 +21,20 @@
 //!   ├─► playlist: media playlist (full or delta), multivariant playlist
 //!   └─► reload::decide: blocking reload → Ready / Wait / 400 / 503
 //!   ▲
-//!  HTTP edge (later): awaits a watch of `Edge`, never polls per request
+//!  service: axum routes under /hls, one tokio task per bridged room fed by
+//!  the SFU's tap (live::LiveSession maps tap tracks/layers to renditions);
+//!  blocked requests await a watch of `Edge`, never poll
 //! ```
 //!
-//! Everything here is sans-IO and deterministic: no sockets, no timers, no
-//! threads, no clock reads. Time comes in as `now: Duration` since the
+//! Everything but [`service`] is sans-IO and deterministic: no sockets, no
+//! timers, no threads, no clock reads. Time comes in as `now: Duration` since the
 //! bridge's epoch, so the LL-HLS timing rules are unit-tested with injected
 //! time, and the same state machine serves tests and production.
 //!
-//! This crate must never: touch a socket or an HTTP type (the HTTP layer
-//! lives at the edge and only calls [`Bridge`]); block or sleep; depend on the
-//! SFU (the SFU calls in, with plain [`RtpPacket`]s); write to disk; or let a
-//! malformed packet panic or reach a segment.
+//! The core modules must never: touch a socket or an HTTP type (the HTTP
+//! layer, [`service`], lives at the edge and only calls [`Bridge`]); block or
+//! sleep; depend on the SFU (only [`live`] knows its tap types); write to
+//! disk; or let a malformed packet panic or reach a segment.
 //!
 //! # Wiring it (what the SFU and HTTP edges call)
 //!
@@ -68,26 +70,36 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Not here yet: the HTTP serving itself, Opus→AAC and VP8/ladder
-//! transcoding (the AAC-LC and access-unit inputs they will feed exist:
-//! [`Bridge::add_aac_track`], [`Bridge::add_h264_frame_track`]), and
-//! A/V sync from RTCP sender reports (tracks are aligned by arrival time).
+//! Serving it: `hls_bridge::router(sfu, HlsConfig::default())` is an axum
+//! router for `/hls/...` (see `docs/hls.md` for the URLs and caching).
+//!
+//! Audio: Opus from the publisher becomes AAC-LC ([`aac`]: opus-rs decoder,
+//! fdk-aac encoder) unless [`live::AudioOutput::Opus`] is chosen.
+//!
+//! Not here yet: VP8/ladder transcoding (the access-unit input it will feed
+//! exists: [`Bridge::add_h264_frame_track`]), and A/V sync from RTCP sender
+//! reports (tracks are aligned by arrival time).
 
+pub mod aac;
 pub mod bridge;
 pub mod fmp4;
 pub mod h264;
+pub mod live;
 pub mod opus;
 pub mod playlist;
 pub mod reload;
 pub mod rtp;
+pub mod service;
 pub mod timeline;
 pub mod vp8;
 
 pub use bridge::{Body, Bridge, BridgeConfig, PartRead, Rendition, TrackId};
 pub use h264::AccessUnit;
+pub use live::AudioOutput;
 pub use playlist::Resource;
 pub use reload::{Decision, Edge, PlaylistQuery, QueryError};
 pub use rtp::{ReorderConfig, RtpPacket};
+pub use service::{router, HlsConfig};
 pub use timeline::Progress;
 pub use timeline::TimelineConfig;
 

@@ -127,6 +127,10 @@
 //! - [`ingest`]: one stream's tags → decoder config, timed access units,
 //!   B-frame verdict, AAC frames (the layer the server wires to the room).
 //! - [`packetizer`]: H.264 → RTP payloads (single NAL, STAP-A, FU-A).
+//! - [`server`]: the live half: the tokio TCP server (timeouts, connection
+//!   limit, stream key → room) that publishes into the SFU.
+//! - [`transcode`]: AAC → Opus, and the openh264 re-encode of B-frame streams
+//!   on its own thread.
 
 pub mod amf0;
 pub mod chunk;
@@ -135,7 +139,9 @@ pub mod flv;
 pub mod h264;
 pub mod ingest;
 pub mod packetizer;
+pub mod server;
 pub mod session;
+pub mod transcode;
 
 pub use chunk::{ChunkLimits, Message};
 pub use error::Error;
@@ -143,4 +149,5 @@ pub use ingest::{
     AacFrame, AudioEvent, AudioIngest, VideoEvent, VideoFrame, VideoIngest, B_FRAMES_HINT,
 };
 pub use packetizer::{rtp_timestamp, H264Packetizer, RtpPayload};
+pub use server::{serve, serve_with, ServerConfig, StreamKeys};
 pub use session::{Event, PublishRejection, ServerSession, SessionConfig};

@@ -102,6 +102,16 @@ impl Server {
     /// Like [`Server::start`], with HTTP on `http_ip` (e.g. `0.0.0.0` for
     /// clients in a network namespace).
     pub fn start_bound(http_ip: &str, extra: &[&str]) -> Server {
+        Server::start_full(http_ip, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the
+    /// server process only (e.g. `DIONYSIA_RTMP_LISTEN`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_full("127.0.0.1", extra, env)
+    }
+
+    fn start_full(http_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let http_port = free_tcp_port();
         let udp_port = free_udp_port();
         let data_dir = (!extra.contains(&"--data-dir")).then(|| TempDir::new("data"));
@@ -109,6 +119,14 @@ impl Server {
         if let Some(d) = &data_dir {
             cmd.env("DIONYSIA_DATA_DIR", &d.path);
         }
+        // RTMP's fixed default port (1935) would collide between test
+        // servers: off unless the test asks for it.
+        if !extra.contains(&"--rtmp-listen")
+            && !env.iter().any(|(k, _)| *k == "DIONYSIA_RTMP_LISTEN")
+        {
+            cmd.env("DIONYSIA_RTMP_LISTEN", "off");
+        }
+        cmd.envs(env.iter().copied());
         cmd.args([
             "--http-listen",
             &format!("{http_ip}:{http_port}"),

@@ -227,7 +227,7 @@ export async function publishCanvas({ base, room, key, codec, width, height, vid
     degradationPreference: 'maintain-resolution',
   });
   window.__publisher = publisher;
-  window.__publishArgs = { base, room, key, codec, stream };
+  window.__publishArgs = { base, room, key, codec, stream, videoEncodings };
   const out = { audioContextState: audioContext.state };
   try {
     await publisher.start(stream);
@@ -267,13 +267,14 @@ export async function publisherStats() {
  * tracks again in a new one after `pauseMs`, as an encoder reconnecting does.
  */
 export async function republish({ pauseMs }) {
-  const { base, room, key, codec, stream } = window.__publishArgs;
+  const { base, room, key, codec, stream, videoEncodings } = window.__publishArgs;
   const deleteStatus = await window.__publisher.stop();
   await new Promise((r) => setTimeout(r, pauseMs));
   const { WhipPublisher } = await import(`${base}/assets/whip.js`);
   const publisher = new WhipPublisher(`${base}/whip/${encodeURIComponent(room)}`, {
     token: key,
     videoCodec: codec,
+    videoEncodings,
     degradationPreference: 'maintain-resolution',
   });
   window.__publisher = publisher;

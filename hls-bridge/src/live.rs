@@ -1,0 +1,409 @@
+//! One publish of a room as a [`Bridge`]: the SFU tap's tracks and layers
+//! become renditions, its packets become [`Bridge::push_rtp`] calls.
+//!
+//! ```text
+//!  TapEvent::Live { tracks }  ──► LiveSession::new: H.264 layer → rendition
+//!                                                  Opus track  → audio rendition
+//!                                                  (AAC-LC through aac::OpusToAac,
+//!                                                   or Opus as it came)
+//!  TapEvent::Packet           ──► LiveSession::push ──► Bridge::push_rtp
+//!                                   │ (payload type checked: a VP8 packet never
+//!                                   │  reaches the H.264 depacketizer)
+//!                                   └─► Pushed { rendition, progress }
+//! ```
+//!
+//! Still sans-IO: no clock, no channel. The HTTP edge ([`crate::service`])
+//! owns the tap, the time and the wake-ups. Unlike the core modules this
+//! one knows the SFU's tap types, which is all it knows of the SFU.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sfu::{TapCodec, TapPacket, TapTrack};
+
+use crate::aac::{AacFrame, OpusToAac};
+use crate::bridge::{Bridge, BridgeConfig, TrackId};
+use crate::{Progress, RtpPacket};
+
+/// The audio codec of the HLS output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AudioOutput {
+    /// AAC-LC (`mp4a.40.2`) transcoded from the publisher's Opus: plays
+    /// everywhere, Safari, iOS and TVs included.
+    #[default]
+    Aac,
+    /// The publisher's Opus as it came: no decoding, but only MSE players
+    /// (hls.js in Chromium/Firefox) play it.
+    Opus,
+}
+
+/// Where a tap packet goes.
+#[derive(Debug)]
+struct Route {
+    track: TrackId,
+    /// Index into [`LiveSession::renditions`].
+    rendition: usize,
+    /// The payload types of the codec the rendition depacketizes.
+    payload_types: Vec<u8>,
+    /// Opus → AAC, for an audio rendition in AAC.
+    transcoder: Option<Box<OpusToAac>>,
+}
+
+/// A track of the publish that does not become a rendition, and why: the
+/// edge logs these once per publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub track: usize,
+    pub codec: TapCodec,
+}
+
+/// One publish (one `Live` generation) of a room.
+#[derive(Debug)]
+pub struct LiveSession {
+    pub bridge: Bridge,
+    /// Rendition names, in the order they were added to the bridge.
+    renditions: Vec<String>,
+    /// `routes[track][layer]`
+    routes: Vec<Vec<Option<Route>>>,
+    skipped: Vec<Skipped>,
+    /// Reused for the AAC frames of one packet.
+    frames: Vec<AacFrame>,
+}
+
+/// What one packet did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// The rendition it went to (index into [`LiveSession::renditions`]);
+    /// `None` for a packet no rendition takes.
+    pub rendition: Option<usize>,
+    pub progress: Progress,
+}
+
+/// A rendition name for a video layer: `video` without simulcast,
+/// `video-{rid}` with it; a second video track gets its index too. Rids the
+/// bridge would not take as a path segment fall back to the layer index.
+pub fn video_rendition_name(nth_video: usize, rid: Option<&str>, layer: usize) -> String {
+    let base = if nth_video == 0 {
+        "video".to_owned()
+    } else {
+        format!("video{nth_video}")
+    };
+    match rid {
+        None => base,
+        Some(rid)
+            if !rid.is_empty()
+                && rid.len() <= 16
+                && rid.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            format!("{base}-{rid}")
+        }
+        Some(_) => format!("{base}-{layer}"),
+    }
+}
+
+/// `audio`, then `audio1`, `audio2`… for further Opus tracks.
+pub fn audio_rendition_name(nth_audio: usize) -> String {
+    if nth_audio == 0 {
+        "audio".to_owned()
+    } else {
+        format!("audio{nth_audio}")
+    }
+}
+
+impl LiveSession {
+    /// Renditions for `tracks`: every layer of every H.264 video track, and
+    /// every Opus track. Other codecs are listed in [`Self::skipped`] (VP8
+    /// and the others need the transcoding ladder, not built yet). Audio
+    /// comes out as `audio` says; if the AAC encoder cannot start, as Opus.
+    pub fn new(
+        tracks: &[TapTrack],
+        config: BridgeConfig,
+        audio: AudioOutput,
+        epoch_unix_ms: u64,
+    ) -> LiveSession {
+        let mut bridge = Bridge::new(config, epoch_unix_ms);
+        let mut renditions = Vec::new();
+        let mut routes = Vec::new();
+        let mut skipped = Vec::new();
+        let (mut nth_video, mut nth_audio) = (0, 0);
+        for t in tracks {
+            if routes.len() <= t.index {
+                routes.resize_with(t.index + 1, Vec::new);
+            }
+            let wanted = if t.video {
+                TapCodec::H264
+            } else {
+                TapCodec::Opus
+            };
+            let mut payload_types: Vec<u8> = t
+                .payload_types
+                .iter()
+                .filter(|(_, c)| *c == wanted)
+                .map(|(pt, _)| *pt)
+                .collect();
+            payload_types.sort_unstable();
+            payload_types.dedup();
+            if payload_types.is_empty() {
+                skipped.push(Skipped {
+                    track: t.index,
+                    codec: t.codec,
+                });
+                continue;
+            }
+            let mut layer_routes = Vec::new();
+            if t.video {
+                for (layer, rid) in t.layers.iter().enumerate() {
+                    let name = video_rendition_name(nth_video, rid.as_deref(), layer);
+                    layer_routes.push(bridge.add_h264_track(&name).ok().map(|track| Route {
+                        track,
+                        rendition: push_name(&mut renditions, name),
+                        payload_types: payload_types.clone(),
+                        transcoder: None,
+                    }));
+                }
+                nth_video += 1;
+            } else {
+                let name = audio_rendition_name(nth_audio);
+                let channels = t.channels.unwrap_or(2).clamp(1, 2);
+                let transcoder = match audio {
+                    AudioOutput::Aac => OpusToAac::new(channels).ok().map(Box::new),
+                    AudioOutput::Opus => None,
+                };
+                let track = match &transcoder {
+                    Some(_) => bridge.add_aac_track(&name, crate::aac::SAMPLE_RATE, channels),
+                    None => bridge.add_opus_track(&name, channels),
+                };
+                let route = track.ok().map(|track| Route {
+                    track,
+                    rendition: push_name(&mut renditions, name),
+                    payload_types,
+                    transcoder,
+                });
+                // An audio track has one layer; any layer index maps to it.
+                layer_routes.push(route);
+                nth_audio += 1;
+            }
+            routes[t.index] = layer_routes;
+        }
+        LiveSession {
+            bridge,
+            renditions,
+            routes,
+            skipped,
+            frames: Vec::new(),
+        }
+    }
+
+    pub fn renditions(&self) -> &[String] {
+        &self.renditions
+    }
+
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// Feeds one tap packet that arrived `now` after the session's epoch.
+    pub fn push(&mut self, packet: &TapPacket, now: Duration) -> Pushed {
+        let Some(layers) = self.routes.get_mut(packet.track) else {
+            return Pushed::default();
+        };
+        let route = match layers.len() {
+            1 => layers[0].as_mut(),
+            _ => layers
+                .get_mut(packet.layer as usize)
+                .and_then(Option::as_mut),
+        };
+        let Some(route) = route.filter(|r| r.payload_types.contains(&packet.pt)) else {
+            return Pushed::default();
+        };
+        if let Some(transcoder) = &mut route.transcoder {
+            let mut frames = std::mem::take(&mut self.frames);
+            let mut progress = Progress::default();
+            let decoded = transcoder.push(
+                packet.seq_no,
+                packet.timestamp,
+                &packet.payload,
+                &mut frames,
+            );
+            for frame in frames.drain(..) {
+                let pushed =
+                    self.bridge
+                        .push_aac_frame(route.track, frame.timestamp, frame.data, now);
+                if let Ok(p) = pushed {
+                    progress |= p;
+                }
+            }
+            self.frames = frames;
+            return match decoded {
+                Ok(()) => Pushed {
+                    rendition: Some(route.rendition),
+                    progress,
+                },
+                Err(_) => Pushed::default(),
+            };
+        }
+        let rtp = RtpPacket {
+            seq: packet.seq_no,
+            timestamp: packet.timestamp,
+            marker: packet.marker,
+            // One copy per packet: the tap shares an `Arc<[u8]>`, the bridge
+            // keeps `Bytes`. Cheap next to the depacketizer's own copies.
+            payload: Bytes::copy_from_slice(&packet.payload),
+        };
+        let rendition = route.rendition;
+        match self.bridge.push_rtp(route.track, rtp, now) {
+            Ok(progress) => Pushed {
+                rendition: Some(rendition),
+                progress,
+            },
+            Err(_) => Pushed::default(),
+        }
+    }
+}
+
+fn push_name(names: &mut Vec<String>, name: String) -> usize {
+    names.push(name);
+    names.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h264::tests::{fixture_access_units, packetize};
+    use crate::PlaylistQuery;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn tracks() -> Vec<TapTrack> {
+        vec![
+            TapTrack {
+                index: 0,
+                video: false,
+                codec: TapCodec::Opus,
+                clock_rate: 48_000,
+                channels: Some(2),
+                layers: vec![None],
+                payload_types: vec![(111, TapCodec::Opus)],
+            },
+            TapTrack {
+                index: 1,
+                video: true,
+                codec: TapCodec::H264,
+                clock_rate: 90_000,
+                channels: None,
+                layers: vec![Some("h".into()), Some("m".into()), Some("l".into())],
+                payload_types: vec![(96, TapCodec::Vp8), (102, TapCodec::H264)],
+            },
+        ]
+    }
+
+    fn tap_packet(track: usize, layer: u8, pt: u8, p: &RtpPacket) -> TapPacket {
+        TapPacket {
+            track,
+            layer,
+            seq_no: p.seq,
+            timestamp: p.timestamp,
+            marker: p.marker,
+            keyframe_start: false,
+            pt,
+            payload: Arc::from(&p.payload[..]),
+            arrival: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn names_are_safe_and_predictable() {
+        assert_eq!(video_rendition_name(0, None, 0), "video");
+        assert_eq!(video_rendition_name(0, Some("h"), 0), "video-h");
+        assert_eq!(video_rendition_name(1, Some("q"), 2), "video1-q");
+        assert_eq!(video_rendition_name(0, Some("../x"), 2), "video-2");
+        assert_eq!(video_rendition_name(0, Some(""), 1), "video-1");
+        assert_eq!(audio_rendition_name(0), "audio");
+        assert_eq!(audio_rendition_name(2), "audio2");
+    }
+
+    #[test]
+    fn every_h264_layer_and_opus_track_becomes_a_rendition() {
+        let s = LiveSession::new(&tracks(), BridgeConfig::default(), AudioOutput::Opus, 0);
+        assert_eq!(s.renditions(), ["audio", "video-h", "video-m", "video-l"]);
+        assert!(s.skipped().is_empty());
+    }
+
+    #[test]
+    fn opus_becomes_aac_by_default() {
+        let mut s = LiveSession::new(&tracks(), BridgeConfig::default(), AudioOutput::Aac, 0);
+        let mut enc = opus_rs::OpusEncoder::new(48_000, 2, opus_rs::Application::Audio).unwrap();
+        let mut frames_seen = false;
+        for i in 0..100u32 {
+            let mut buf = vec![0u8; 1500];
+            let len = enc.encode(&[0.1; 1920], 960, &mut buf).unwrap();
+            buf.truncate(len);
+            let p = RtpPacket {
+                seq: i as u64,
+                timestamp: 960 * i,
+                marker: false,
+                payload: Bytes::from(buf),
+            };
+            let pushed = s.push(
+                &tap_packet(0, 0, 111, &p),
+                Duration::from_millis(20 * i as u64),
+            );
+            assert_eq!(pushed.rendition, Some(0));
+            frames_seen |= pushed.progress.chunk || pushed.progress.part;
+        }
+        let audio = s.bridge.rendition("audio").unwrap();
+        assert_eq!(audio.codec().unwrap().codec_string(), "mp4a.40.2");
+        let _ = frames_seen;
+    }
+
+    #[test]
+    fn vp8_only_tracks_are_skipped() {
+        let mut t = tracks();
+        t[1].codec = TapCodec::Vp8;
+        t[1].payload_types = vec![(96, TapCodec::Vp8)];
+        let s = LiveSession::new(&t, BridgeConfig::default(), AudioOutput::Opus, 0);
+        assert_eq!(s.renditions(), ["audio"]);
+        assert_eq!(
+            s.skipped(),
+            [Skipped {
+                track: 1,
+                codec: TapCodec::Vp8
+            }]
+        );
+    }
+
+    #[test]
+    fn layers_route_to_their_rendition_and_other_payload_types_are_dropped() {
+        let mut s = LiveSession::new(&tracks(), BridgeConfig::default(), AudioOutput::Opus, 0);
+        let packets = packetize(&fixture_access_units(), 1200, 0);
+        // The same stream on the middle layer only, with the H.264 payload
+        // type; the same packets with the VP8 payload type go nowhere.
+        let mut parts = 0;
+        for p in &packets {
+            let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
+            assert_eq!(s.push(&tap_packet(1, 1, 96, p), now).rendition, None);
+            let pushed = s.push(&tap_packet(1, 1, 102, p), now);
+            assert_eq!(pushed.rendition, Some(2));
+            parts += pushed.progress.part as u32;
+        }
+        assert!(parts > 5, "{parts}");
+        let text = s
+            .bridge
+            .media_playlist("video-m", &PlaylistQuery::default())
+            .unwrap();
+        assert!(text.contains("#EXT-X-PART:"), "{text}");
+        let high = s.bridge.rendition("video-h").unwrap().edge();
+        assert!(!high.has_content());
+        // Unknown track or layer: ignored.
+        assert_eq!(
+            s.push(&tap_packet(7, 0, 102, &packets[0]), Duration::ZERO)
+                .rendition,
+            None
+        );
+        assert_eq!(
+            s.push(&tap_packet(1, 9, 102, &packets[0]), Duration::ZERO)
+                .rendition,
+            None
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! The HTTP guard in front of every authenticated route (`/api/`, `/whip/`,
+//! `/whep/`, `/hls/`): it refuses sources with too many failed authentications
+//! (`429`), counts each `401` answer against its source, and reports WHIP
+//! publishes that were refused as `publisher.rejected` webhooks. Keeping this
+//! at the edge leaves the WHIP and WHEP crates free of policy.
+//!
+//! The source is the TCP peer address: behind a reverse proxy every request
+//! comes from the proxy, so the limit then applies to the proxy as a whole.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Method, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::warn;
+use wish::Problem;
+
+use crate::auth::FailureLimiter;
+use crate::webhooks::Webhooks;
+
+/// The window failed authentications are counted in.
+const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Guard {
+    limiter: Arc<FailureLimiter>,
+    webhooks: Webhooks,
+}
+
+impl Guard {
+    /// `limit` failed authentications per source per minute (0: no limit).
+    pub fn new(limit: u32, webhooks: Webhooks) -> Guard {
+        Guard {
+            limiter: Arc::new(FailureLimiter::new(limit, WINDOW)),
+            webhooks,
+        }
+    }
+}
+
+pub async fn guard(State(g): State<Guard>, request: Request<Body>, next: Next) -> Response {
+    let path = request.uri().path();
+    let guarded = ["/api/", "/whip/", "/whep/", "/hls/"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (Some(ip), true) = (source, guarded) else {
+        return next.run(request).await;
+    };
+    if let Some(wait) = g.limiter.blocked(ip, Instant::now()) {
+        let secs = u32::try_from(wait).unwrap_or(u32::MAX);
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-failures",
+            "too many failed authentications from this address; try again later",
+        )
+        .retry_after(secs)
+        .into_response();
+    }
+    // A WHIP publish is `POST /whip/{room}` (one segment after /whip/).
+    let publish_room = (request.method() == Method::POST)
+        .then(|| path.strip_prefix("/whip/"))
+        .flatten()
+        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+        .map(str::to_string);
+    let response = next.run(request).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED {
+        g.limiter.record_failure(ip, Instant::now());
+    }
+    if let Some(room) = publish_room {
+        let reason = match status {
+            StatusCode::UNAUTHORIZED => Some("unauthorized"),
+            StatusCode::CONFLICT => Some("publisher-exists"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            warn!(room, reason, %ip, "publish refused");
+            g.webhooks.emit(
+                "publisher.rejected",
+                &room,
+                json!({"reason": reason, "ingest": "whip", "remote_ip": ip.to_string()}),
+            );
+        }
+    }
+    response
+}
