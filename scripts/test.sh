@@ -65,4 +65,4 @@ fi
 
 # --- Rust: build once in release (the e2e tests time real media) -----------
 log "cargo test --release --workspace"
-cargo test --release --workspace --all-targets "$@"
+cargo test --release --workspace --all-targets --no-fail-fast "$@"

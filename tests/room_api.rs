@@ -11,7 +11,7 @@
 //! WHIP and WHEP requests use the SDP fixtures: a WHIP POST with a valid
 //! offer creates a publisher session (and the room's tracks) before ICE ever
 //! connects, which is all WHEP needs to answer `201`. RTMP keys are checked
-//! with Debian's ffmpeg against the interim `DIONYSIA_RTMP_LISTEN` wiring.
+//! with Debian's ffmpeg (RTMP on through `DIONYSIA_RTMP_LISTEN`, the env form of `--rtmp-listen`).
 //! Two tests need the venv scripts/test.sh builds (`$DIONYSIA_TEST_PYTHON`):
 //! the aiortc publisher for `room.started`/`room.stopped`, and schemathesis.
 
@@ -394,7 +394,7 @@ fn rtmp_finish(mut child: std::process::Child, within: Duration) -> (bool, Strin
     )
 }
 
-/// The same over RTMP (wired through `DIONYSIA_RTMP_LISTEN` for now): the
+/// The same over RTMP (`DIONYSIA_RTMP_LISTEN`, the env form of `--rtmp-listen`): the
 /// old key is refused, the new one publishes, and rotating again ends that
 /// publish.
 #[test]

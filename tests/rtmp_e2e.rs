@@ -7,8 +7,7 @@
 //! `tests/browser/lib/in-page.mjs`, piped into ffmpeg as a 1280×40 overlay),
 //! so the viewer measures glass-to-glass latency as in the WHIP tests.
 //!
-//! The server listens for RTMP where `DIONYSIA_RTMP_LISTEN` says (the
-//! binary's interim wiring; `--rtmp-listen` later). Needs ffmpeg, Chromium
+//! The server listens for RTMP on a free port (`--rtmp-listen`). Needs ffmpeg, Chromium
 //! and `npm ci` in tests/browser, as `scripts/test.sh` installs them.
 
 mod common;
@@ -23,8 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// One server at a time: the RTMP port goes through the environment, and a
-/// browser plus an x264 encode take most of this machine.
+/// One server at a time: a browser plus an x264 encode take most of this machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const ROOM: &str = "stage";
@@ -40,10 +38,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A server with RTMP on a free port and the room `ROOM` keyed `KEY`.
 fn start_server() -> (common::Server, u16) {
     let port = common::free_tcp_port();
-    // Safe here: the SERIAL lock is held and no other thread reads the environment.
-    std::env::set_var("DIONYSIA_RTMP_LISTEN", format!("127.0.0.1:{port}"));
-    let server = common::Server::start(&["--room", &format!("{ROOM}:{KEY}")]);
-    std::env::remove_var("DIONYSIA_RTMP_LISTEN");
+    let rtmp = format!("127.0.0.1:{port}");
+    let server =
+        common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--rtmp-listen", &rtmp]);
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
