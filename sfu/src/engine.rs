@@ -74,8 +74,6 @@ pub struct Engine {
     taps: HashMap<String, Vec<TapSender>>,
     /// In-process publishers (the RTMP shim), by their id (a PeerId).
     internal: HashMap<PeerId, Internal>,
-    /// Viewers waiting for a fresh keyframe, and when to replay the GOP instead.
-    pending_replays: Vec<(Instant, PeerId)>,
 }
 
 /// A publisher with no str0m peer (see `ingest.rs`).
@@ -129,9 +127,6 @@ struct Egress {
     dropped: u64,
     /// Cumulative (packets, NACKs) at the last egress stats, for loss rates.
     last_egress: (u64, u64),
-    /// Video not started yet: when to give up waiting for a fresh keyframe
-    /// and replay the cached GOP.
-    replay_deadline: Option<Instant>,
 }
 
 struct Room {
@@ -159,9 +154,6 @@ struct Track {
     gop: Vec<GopCache>,
     /// Rate and liveness of each layer.
     stats: Vec<LayerStats>,
-    /// When each layer's last keyframe arrived (to tell publishers that
-    /// ignore keyframe requests).
-    last_keyframe_at: Vec<Option<Instant>>,
 }
 /// Measured state of one layer.
 #[derive(Debug, Default, Clone)]
@@ -175,16 +167,6 @@ struct LayerStats {
 }
 
 impl Track {
-    /// A layer whose publisher left a keyframe request unanswered for
-    /// `KEYFRAME_ANSWER` (OBS does; RTMP cannot be asked).
-    fn ignores_keyframe_requests(&self, layer: usize, now: Instant) -> bool {
-        let asked = self.last_keyframe_request.get(layer).copied().flatten();
-        let got = self.last_keyframe_at.get(layer).copied().flatten();
-        asked.is_some_and(|a| {
-            now.saturating_duration_since(a) > KEYFRAME_ANSWER && got.is_none_or(|k| k < a)
-        })
-    }
-
     fn layer_infos(&self, now: Instant) -> Vec<LayerInfo> {
         self.stats
             .iter()
@@ -238,15 +220,12 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 const AUDIO_ALLOWANCE: u64 = 100_000;
 /// Packets of a viewer's video kept to answer its NACKs.
 const RTX_CACHE_PACKETS: usize = 300;
-/// Replay a cached GOP to a new viewer only when it is younger than this
-/// (or the publisher ignores keyframe requests): an older GOP puts the viewer
-/// behind live while its decoder catches up.
+/// Replay a cached GOP to a new viewer only when it is younger than this.
+/// An older one must be decoded in a burst before the picture is live: on a
+/// browser with little CPU that stalled the picture 2-3 s after the first
+/// frame (seen with ffmpeg's 2 s GOPs over RTMP), and played it late. Older
+/// GOPs wait for the next keyframe instead (requested at the POST).
 const MAX_REPLAY_AGE: Duration = Duration::from_millis(500);
-/// How long a new viewer waits for a fresh keyframe before the cached GOP is
-/// replayed anyway.
-const FRESH_KEYFRAME_WAIT: Duration = Duration::from_millis(600);
-/// A publisher that sends no keyframe this long after a request ignores them.
-const KEYFRAME_ANSWER: Duration = Duration::from_millis(1500);
 /// How often viewers' egress stats (NACK counts) are taken.
 const LOSS_INTERVAL: Duration = Duration::from_millis(500);
 /// Share of a viewer's video packets NACKed in an interval that means its
@@ -297,7 +276,6 @@ impl Engine {
             last_tick: None,
             taps: HashMap::new(),
             internal: HashMap::new(),
-            pending_replays: Vec::new(),
         }
     }
 
@@ -387,18 +365,6 @@ impl Engine {
             self.drain(id);
         }
         self.process_events(now);
-        // Viewers still without a picture after waiting for a fresh keyframe
-        // get the cached GOP.
-        if self.pending_replays.iter().any(|(at, _)| now >= *at) {
-            let (due, later): (Vec<_>, Vec<_>) = self
-                .pending_replays
-                .drain(..)
-                .partition(|(at, _)| now >= *at);
-            self.pending_replays = later;
-            for (_, id) in due {
-                self.replay_gops(now, id, true);
-            }
-        }
         if self.next_tick.is_none_or(|t| now >= t) {
             self.tick(now);
             self.next_tick = Some(now + LAYER_TICK);
@@ -411,9 +377,7 @@ impl Engine {
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             match self.peers.get(&id) {
                 Some(p) if p.next_timeout == at => {
-                    let replay = self.pending_replays.iter().map(|(t, _)| *t).min();
-                    let at = self.next_tick.map_or(at, |t| t.min(at));
-                    return Some(replay.map_or(at, |r| r.min(at)));
+                    return Some(self.next_tick.map_or(at, |t| t.min(at)));
                 }
                 _ => {
                     self.timeouts.pop();
@@ -800,7 +764,7 @@ impl Engine {
                     // A picture at once: replay the cached GOP where there is
                     // one, else ask the publisher for a keyframe.
                     let room = peer.room.clone();
-                    let wanted = self.replay_gops(now, id, false);
+                    let wanted = self.replay_gops(now, id);
                     for (track, layer) in wanted {
                         self.request_keyframe(now, &room, track, layer);
                     }
@@ -884,7 +848,6 @@ impl Engine {
                     .map(|_| GopCache::new(gop_bytes))
                     .collect();
                 t.stats = vec![LayerStats::default(); layers.len()];
-                t.last_keyframe_at = vec![None; layers.len()];
                 t.layers = layers;
                 i
             }
@@ -898,7 +861,6 @@ impl Engine {
                         .map(|_| GopCache::new(gop_bytes))
                         .collect(),
                     stats: vec![LayerStats::default(); layers.len()],
-                    last_keyframe_at: vec![None; layers.len()],
                     layers,
                 });
                 room.tracks.len() - 1
@@ -989,7 +951,6 @@ impl Engine {
             forwarded: 0,
             dropped: 0,
             last_egress: (0, 0),
-            replay_deadline: None,
         });
     }
 
@@ -1312,14 +1273,7 @@ impl Engine {
 
     /// Starts a new viewer's video from each watched layer's cached GOP.
     /// Returns the (track, layer) pairs that had none and need a keyframe.
-    fn replay_gops(&mut self, now: Instant, id: PeerId, force: bool) -> Vec<(usize, u8)> {
-        let internal_publisher = self
-            .peers
-            .get(&id)
-            .and_then(|p| self.rooms.get(&p.room))
-            .and_then(|r| r.publisher)
-            .is_some_and(|pid| self.internal.contains_key(&pid));
-        let mut pending = false;
+    fn replay_gops(&mut self, now: Instant, id: PeerId) -> Vec<(usize, u8)> {
         let mut missing = Vec::new();
         let Some(peer) = self.peers.get_mut(&id) else {
             return missing;
@@ -1344,21 +1298,11 @@ impl Engine {
                 .get(layer)
                 .and_then(|g| g.age(now))
                 .is_some_and(|a| a < MAX_REPLAY_AGE);
-            if !(force
-                || young
-                || internal_publisher
-                || track.ignores_keyframe_requests(layer, now))
-            {
-                // A fresh keyframe (asked for at the POST) beats an old GOP;
-                // wait for it a little while.
-                if e.replay_deadline.is_none() {
-                    e.replay_deadline = Some(now + FRESH_KEYFRAME_WAIT);
-                    pending = true;
-                };
+            if !young {
+                // The next keyframe (asked for at the POST) starts it live.
                 missing.push((e.track, source.layer));
                 continue;
             }
-            e.replay_deadline = None;
             let cached: Vec<&CachedPacket> = match track.gop.get(layer).and_then(|g| g.packets()) {
                 Some(it) => it.collect(),
                 None => {
@@ -1405,9 +1349,6 @@ impl Engine {
                 &mut self.events,
                 &mut self.timeouts,
             );
-        }
-        if pending {
-            self.pending_replays.push((now + FRESH_KEYFRAME_WAIT, id));
         }
         missing
     }
@@ -2065,11 +2006,6 @@ fn fan_out(
             keyframe_start,
             arrival: packet.arrival,
         });
-    }
-    if keyframe_start {
-        if let Some(k) = track.last_keyframe_at.get_mut(layer as usize) {
-            *k = Some(now);
-        }
     }
     if let Some(taps) = taps {
         // A tap that cannot keep up loses packets (it sees the gap), and
