@@ -123,8 +123,6 @@ struct Egress {
     forwarder: Forwarder,
     /// Video: which layer this viewer should get.
     selector: LayerSelector,
-    forwarded: u64,
-    dropped: u64,
     /// Cumulative (packets, NACKs) at the last egress stats, for loss rates.
     last_egress: (u64, u64),
 }
@@ -948,8 +946,6 @@ impl Engine {
             pt_map,
             forwarder: fwd,
             selector,
-            forwarded: 0,
-            dropped: 0,
             last_egress: (0, 0),
         });
     }
@@ -1260,8 +1256,8 @@ impl Engine {
                         ),
                         LayerCap::MaxHeight(h) => format!("max-height:{h}"),
                     },
-                    packets_forwarded: e.forwarded,
-                    packets_dropped: e.dropped,
+                    packets_forwarded: e.forwarder.stats().packets_forwarded,
+                    packets_dropped: e.forwarder.stats().packets_dropped,
                 }
             })
             .collect();
@@ -2029,7 +2025,6 @@ fn fan_out(
         });
     }
     let room = &*room;
-    let track = &room.tracks[track_index];
     let source = SourceId {
         generation: room.generation,
         layer,
@@ -2059,7 +2054,6 @@ fn fan_out(
                 keyframe_start,
                 vp8.as_ref(),
             ) else {
-                e.dropped += 1;
                 wants_keyframe |=
                     e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
                 continue;
@@ -2082,14 +2076,12 @@ fn fan_out(
             if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
                 tx.write_rtp(write);
                 wrote = true;
-                e.forwarded += 1;
             }
         }
         if wrote {
             drain_peer(sid, sub, transmits, events, timeouts);
         }
     }
-    let _ = track;
     wants_keyframe
 }
 

@@ -203,7 +203,6 @@ impl Forwarder {
         self.kind == MediaKind::Video && self.target.is_some() && self.target != self.current()
     }
 
-    #[allow(dead_code, reason = "for /metrics, not wired yet")]
     pub fn stats(&self) -> ForwarderStats {
         self.stats
     }
