@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
@@ -39,7 +40,9 @@ use crate::auth::{
     constant_time_eq, new_stream_key, sha256_hex, unix_now, ViewerClaims, ViewerTokenKey,
 };
 use crate::config::validate_room_name;
-use crate::rooms::{new_room, validate_settings, LADDER_HEIGHTS, MAX_LADDER_RUNGS, MAX_ROOMS};
+use crate::rooms::{
+    new_room, validate_settings, HlsAudience, LADDER_HEIGHTS, MAX_LADDER_RUNGS, MAX_ROOMS,
+};
 use crate::store::{RoomSettings, Store, StoreError, StoredRoom};
 use crate::webhooks::KnownKeys;
 
@@ -62,6 +65,7 @@ pub struct Api {
     pub config_admin_hashes: Arc<Vec<String>>,
     pub viewer_tokens: Arc<ViewerTokenKey>,
     pub keys: KnownKeys,
+    pub hls_audience: Arc<HlsAudience>,
     /// Base URL for the URLs handed out; else from the request's Host.
     pub public_url: Option<String>,
     pub http_listen: SocketAddr,
@@ -117,6 +121,9 @@ pub struct Settings {
     max_viewers: Option<u32>,
     /// Serve the room over LL-HLS too.
     hls: bool,
+    /// Serve the room over WebRTC (WHEP). `false` makes it HLS-only: WHEP
+    /// answers `503` (type `hls-only`) with a `Link` to the playlist.
+    webrtc: bool,
     /// Heights of transcoded HLS renditions beside the source.
     ladder: Vec<u32>,
     /// Keep the current GOP so new viewers start at once.
@@ -129,6 +136,7 @@ impl From<&RoomSettings> for Settings {
             private: s.private,
             max_viewers: s.max_viewers,
             hls: s.hls,
+            webrtc: s.webrtc,
             ladder: s.ladder.clone(),
             gop_cache: s.gop_cache,
         }
@@ -237,6 +245,9 @@ pub struct CreateRoom {
     /// Default true.
     #[serde(default)]
     hls: Option<bool>,
+    /// Default true; `false`: HLS-only.
+    #[serde(default)]
+    webrtc: Option<bool>,
     /// Up to 8 heights of 144–2160. Default: none (source only).
     #[serde(default, deserialize_with = "opt_whole_list")]
     #[schema(schema_with = ladder_schema)]
@@ -257,6 +268,8 @@ pub struct UpdateRoom {
     max_viewers: Option<u32>,
     #[serde(default)]
     hls: Option<bool>,
+    #[serde(default)]
+    webrtc: Option<bool>,
     /// Up to 8 heights of 144–2160; `[]`: source only.
     #[serde(default, deserialize_with = "opt_whole_list")]
     #[schema(schema_with = ladder_schema)]
@@ -662,14 +675,15 @@ fn urls(base: &str, room: &StoredRoom) -> RoomUrls {
     }
 }
 
-fn live(status: Option<&RoomStatus>) -> Live {
+fn live(status: Option<&RoomStatus>, hls_viewers: usize) -> Live {
+    let hls = u32::try_from(hls_viewers).unwrap_or(u32::MAX);
     let Some(s) = status else {
         return Live {
             live: false,
             uptime_secs: None,
             publisher: None,
             tracks: Vec::new(),
-            viewers: ViewerCounts { webrtc: 0, hls: 0 },
+            viewers: ViewerCounts { webrtc: 0, hls },
         };
     };
     Live {
@@ -701,19 +715,19 @@ fn live(status: Option<&RoomStatus>) -> Live {
             .collect(),
         viewers: ViewerCounts {
             webrtc: u32::try_from(s.viewers.len()).unwrap_or(u32::MAX),
-            hls: 0,
+            hls,
         },
     }
 }
 
-fn room_view(base: &str, r: &StoredRoom, status: Option<&RoomStatus>) -> Room {
+fn room_view(api: &Api, base: &str, r: &StoredRoom, status: Option<&RoomStatus>) -> Room {
     Room {
         id: r.id.clone(),
         name: r.name.clone(),
         stream_key: r.stream_key.clone(),
         settings: Settings::from(&r.settings),
         urls: urls(base, r),
-        live: live(status),
+        live: live(status, api.hls_audience.count(&r.name, Instant::now())),
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -748,7 +762,7 @@ async fn list_rooms(State(api): State<Api>, headers: HeaderMap) -> Result<Respon
     let base = base_url(&api, &headers);
     let rooms = rooms
         .iter()
-        .map(|r| room_view(&base, r, statuses.get(&r.name)))
+        .map(|r| room_view(&api, &base, r, statuses.get(&r.name)))
         .collect();
     Ok(Json(RoomList { rooms }).into_response())
 }
@@ -778,6 +792,7 @@ async fn create_room(
         private: req.private.unwrap_or(defaults.private),
         max_viewers: req.max_viewers,
         hls: req.hls.unwrap_or(defaults.hls),
+        webrtc: req.webrtc.unwrap_or(defaults.webrtc),
         ladder: req.ladder.unwrap_or_default(),
         gop_cache: req.gop_cache.unwrap_or(defaults.gop_cache),
     };
@@ -793,7 +808,7 @@ async fn create_room(
     api.store.insert_room(&room).map_err(store_problem)?;
     api.keys.set(&room.name, &room.stream_key);
     info!(room = room.name, id = room.id, "room created");
-    let view = room_view(&base_url(&api, &headers), &room, None);
+    let view = room_view(&api, &base_url(&api, &headers), &room, None);
     let mut r = (StatusCode::CREATED, Json(view)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/rooms/{}", room.id)) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -816,7 +831,13 @@ async fn get_room(
 ) -> Result<Response, Problem> {
     let room = find_room(&api, &key)?;
     let status = api.sfu.room_status(&room.name).await;
-    Ok(Json(room_view(&base_url(&api, &headers), &room, status.as_ref())).into_response())
+    Ok(Json(room_view(
+        &api,
+        &base_url(&api, &headers),
+        &room,
+        status.as_ref(),
+    ))
+    .into_response())
 }
 
 /// Change settings. Making a room private ends the sessions of its current viewers.
@@ -848,6 +869,9 @@ async fn update_room(
     if let Some(v) = req.hls {
         s.hls = v;
     }
+    if let Some(v) = req.webrtc {
+        s.webrtc = v;
+    }
     if let Some(v) = req.ladder {
         s.ladder = v;
     }
@@ -869,7 +893,13 @@ async fn update_room(
         }
         status = api.sfu.room_status(&room.name).await;
     }
-    Ok(Json(room_view(&base_url(&api, &headers), &room, status.as_ref())).into_response())
+    Ok(Json(room_view(
+        &api,
+        &base_url(&api, &headers),
+        &room,
+        status.as_ref(),
+    ))
+    .into_response())
 }
 
 /// Delete a room; every session in it ends.
@@ -926,7 +956,13 @@ async fn rotate_key(
     }
     info!(room = room.name, "stream key rotated");
     let status = api.sfu.room_status(&room.name).await;
-    Ok(Json(room_view(&base_url(&api, &headers), &room, status.as_ref())).into_response())
+    Ok(Json(room_view(
+        &api,
+        &base_url(&api, &headers),
+        &room,
+        status.as_ref(),
+    ))
+    .into_response())
 }
 
 /// Disconnect the room's publisher (it may reconnect with the key; rotate the key to stop it).

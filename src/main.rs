@@ -54,8 +54,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let sfu = sfu::Sfu::start(config.sfu.clone())
         .with_context(|| format!("binding the media port {}", config.sfu.udp_listen))?;
     let viewer_tokens = Arc::new(auth::ViewerTokenKey::new(setup.viewer_token_key.clone()));
-    let directory: Arc<dyn wish::RoomDirectory> =
-        Arc::new(StoredRooms::new(store.clone(), viewer_tokens.clone()));
+    let stored_rooms = Arc::new(StoredRooms::new(store.clone(), viewer_tokens.clone()));
+    let directory: Arc<dyn wish::RoomDirectory> = stored_rooms.clone();
+    let hls_audience = Arc::new(rooms::HlsAudience::default());
     let state = wish::Wish {
         sfu: sfu.clone(),
         rooms: directory.clone(),
@@ -73,13 +74,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding RTMP {addr} (use --rtmp-listen off to disable)"))?;
         let store = store.clone();
-        let keys: rtmp::StreamKeys = Arc::new(move |key: &str| {
-            let rooms = store.rooms().ok()?;
-            let room = rooms
-                .into_iter()
-                .find(|r| auth::constant_time_eq(r.stream_key.as_bytes(), key.as_bytes()))?;
-            Some(room.name)
-        });
+        let keys: rtmp::StreamKeys =
+            Arc::new(move |key: &str| match store.room_by_stream_key(key) {
+                Ok(room) => room.map(|r| r.name),
+                Err(e) => {
+                    // Fail closed: an unreadable database admits nobody.
+                    tracing::warn!("stream key lookup failed: {e}");
+                    None
+                }
+            });
         tracing::info!("RTMP ingest on {addr}");
         tokio::spawn(rtmp::serve(listener, sfu.clone(), keys));
     }
@@ -105,6 +108,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         viewer_tokens,
         keys,
+        hls_audience: hls_audience.clone(),
         public_url: config.public_url.clone(),
         http_listen: config.http_listen,
     };
@@ -122,7 +126,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             hls_bridge::HlsConfig::default(),
         ))
         .layer(axum::middleware::from_fn_with_state(
-            directory,
+            rooms::HlsGate {
+                rooms: stored_rooms,
+                audience: hls_audience.clone(),
+            },
             rooms::hls_access,
         ))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard));

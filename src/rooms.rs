@@ -3,10 +3,14 @@
 //! rotated or a room deleted by the API or the CLI counts at once. Also the
 //! gate that makes LL-HLS of private rooms ask for a viewer token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -97,6 +101,16 @@ impl RoomDirectory for StoredRooms {
         let Some(r) = self.room(room) else {
             return ViewerAccess::TokenRefused;
         };
+        match self.token_access(&r, token) {
+            ViewerAccess::Allowed { .. } if !r.settings.webrtc => ViewerAccess::HlsOnly,
+            access => access,
+        }
+    }
+}
+
+impl StoredRooms {
+    /// Whether `token` opens room `r` (public rooms need none).
+    fn token_access(&self, r: &StoredRoom, token: Option<&str>) -> ViewerAccess {
         let max_viewers = r.settings.max_viewers.map(|n| n as usize);
         if !r.settings.private {
             return ViewerAccess::Allowed { max_viewers };
@@ -109,23 +123,97 @@ impl RoomDirectory for StoredRooms {
             _ => ViewerAccess::TokenRefused,
         }
     }
+
+    /// Whether a request for the room's LL-HLS may go on: the room serves
+    /// HLS, and the token opens it. Unknown rooms go on (the bridge answers
+    /// 404 for them, as for any room that is not live).
+    fn hls_access(&self, room: &str, token: Option<&str>) -> Result<(), Problem> {
+        let Some(r) = self.room(room) else {
+            return Ok(());
+        };
+        match self.token_access(&r, token) {
+            ViewerAccess::TokenRequired => Err(Problem::unauthorized(
+                "this room is private: add ?token=<viewer token>",
+            )),
+            ViewerAccess::TokenRefused => Err(Problem::unauthorized(
+                "the viewer token is invalid, expired or not for this room",
+            )),
+            _ if !r.settings.hls => Err(Problem::not_found(format!(
+                "room {room:?} is not served over HLS (its hls setting is off)"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// `/hls/{room}/...` of a private room needs a viewer token: `?token=` (as
-/// in the API's `hls_url`) or `Authorization: Bearer`. Every playlist, part
-/// and segment request is checked, so the HLS output must carry the query
-/// into the URIs its playlists list. Public and unknown rooms pass through.
+/// Who watches each room over LL-HLS: HLS has no sessions, so a viewer is a
+/// source (address and User-Agent) that fetched one of the room's playlists
+/// in the last [`HLS_VIEWER_WINDOW`] (players reload them every part or
+/// segment). Behind a CDN or cache, each edge counts as one viewer.
+#[derive(Default)]
+pub struct HlsAudience {
+    rooms: Mutex<HashMap<String, HashMap<u64, Instant>>>,
+}
+
+/// How long a playlist fetch counts a source as watching.
+pub const HLS_VIEWER_WINDOW: Duration = Duration::from_secs(8);
+/// Most sources tracked per room (the count saturates there).
+const HLS_SOURCES_PER_ROOM: usize = 100_000;
+
+impl HlsAudience {
+    fn seen(&self, room: &str, source: u64, now: Instant) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if !rooms.contains_key(room) {
+            // Forget rooms nobody watched lately before adding one.
+            rooms.retain(|_, sources| {
+                sources.retain(|_, at| now.duration_since(*at) < HLS_VIEWER_WINDOW);
+                !sources.is_empty()
+            });
+        }
+        let sources = rooms.entry(room.to_string()).or_default();
+        if sources.len() >= HLS_SOURCES_PER_ROOM && !sources.contains_key(&source) {
+            sources.retain(|_, at| now.duration_since(*at) < HLS_VIEWER_WINDOW);
+            if sources.len() >= HLS_SOURCES_PER_ROOM {
+                return;
+            }
+        }
+        sources.insert(source, now);
+    }
+
+    /// HLS viewers of `room` now.
+    pub fn count(&self, room: &str, now: Instant) -> usize {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.get(room).map_or(0, |sources| {
+            sources
+                .values()
+                .filter(|at| now.duration_since(**at) < HLS_VIEWER_WINDOW)
+                .count()
+        })
+    }
+}
+
+/// What the HLS gate needs.
+#[derive(Clone)]
+pub struct HlsGate {
+    pub rooms: Arc<StoredRooms>,
+    pub audience: Arc<HlsAudience>,
+}
+
+/// `/hls/{room}/...` goes on only for rooms that serve HLS, and for a
+/// private room only with a viewer token: `?token=` (as in the API's
+/// `hls_url`) or `Authorization: Bearer`. Every playlist, part and segment
+/// request is checked, so the HLS output must carry the query into the URIs
+/// its playlists list. Playlist fetches are counted as the room's audience.
 pub async fn hls_access(
-    State(rooms): State<Arc<dyn RoomDirectory>>,
+    State(gate): State<HlsGate>,
     request: Request<Body>,
     next: Next,
 ) -> Response {
-    let Some(room) = request
-        .uri()
-        .path()
+    let path = request.uri().path();
+    let Some((room, rest)) = path
         .strip_prefix("/hls/")
-        .and_then(|rest| rest.split('/').next())
-        .filter(|r| !r.is_empty())
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(room, _)| !room.is_empty())
     else {
         return next.run(request).await;
     };
@@ -134,19 +222,32 @@ pub async fn hls_access(
         .query()
         .and_then(query_token)
         .or_else(|| wish::bearer(request.headers()));
-    if !rooms.room_exists(room) {
-        return next.run(request).await;
+    if let Err(problem) = gate.rooms.hls_access(room, token) {
+        return problem.into_response();
     }
-    match rooms.viewer_access(room, token) {
-        ViewerAccess::Allowed { .. } => next.run(request).await,
-        ViewerAccess::TokenRequired => {
-            Problem::unauthorized("this room is private: add ?token=<viewer token>").into_response()
-        }
-        ViewerAccess::TokenRefused => {
-            Problem::unauthorized("the viewer token is invalid, expired or not for this room")
-                .into_response()
-        }
+    let playlist = rest.ends_with(".m3u8");
+    let (room, source) = (room.to_string(), source_of(&request));
+    let response = next.run(request).await;
+    if playlist && response.status().is_success() {
+        gate.audience.seen(&room, source, Instant::now());
     }
+    response
+}
+
+/// One number per viewing source: its address and User-Agent.
+fn source_of(request: &Request<Body>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .hash(&mut h);
+    request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .map(|v| v.as_bytes())
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The `token` parameter of a query string (viewer tokens are URL-safe as is).

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{constant_time_eq, sha256_hex};
+
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +39,7 @@ impl From<rusqlite::Error> for StoreError {
 
 /// What a room's owner can set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RoomSettings {
     /// Viewers need a viewer token.
     pub private: bool,
@@ -44,6 +47,9 @@ pub struct RoomSettings {
     pub max_viewers: Option<u32>,
     /// Serve the room as LL-HLS too.
     pub hls: bool,
+    /// Serve the room over WebRTC (WHEP). Off makes the room HLS-only: WHEP
+    /// answers `503` with a link to the HLS playlist.
+    pub webrtc: bool,
     /// Heights of the transcoded HLS renditions beside the source (empty: source only).
     pub ladder: Vec<u32>,
     /// Keep the current GOP for instant start.
@@ -56,6 +62,7 @@ impl Default for RoomSettings {
             private: false,
             max_viewers: None,
             hls: true,
+            webrtc: true,
             ladder: Vec::new(),
             gop_cache: true,
         }
@@ -97,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError>;
     fn room_by_name(&self, name: &str) -> Result<Option<StoredRoom>, StoreError>;
     fn room_by_id(&self, id: &str) -> Result<Option<StoredRoom>, StoreError>;
+    /// The room whose stream key is `key` (RTMP names its room by key alone):
+    /// found through an index of key hashes, confirmed in constant time.
+    fn room_by_stream_key(&self, key: &str) -> Result<Option<StoredRoom>, StoreError>;
     fn room_count(&self) -> Result<usize, StoreError>;
     /// `NameTaken` when the name is in use.
     fn insert_room(&self, room: &StoredRoom) -> Result<(), StoreError>;
@@ -157,6 +167,10 @@ const MIGRATIONS: &[&str] = &[
         delivered INTEGER NOT NULL,
         at INTEGER NOT NULL
      );",
+    // 2: rooms are found by stream key (RTMP) through an index of key hashes;
+    // `migrate` fills the column of existing rows.
+    "ALTER TABLE rooms ADD COLUMN key_hash TEXT;
+     CREATE INDEX rooms_key_hash ON rooms (key_hash);",
 ];
 
 /// The embedded SQLite store: `dionysia.db` in the data directory.
@@ -201,6 +215,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    let unhashed: Vec<(String, String)> = tx
+        .prepare("SELECT id, stream_key FROM rooms WHERE key_hash IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, key) in unhashed {
+        tx.execute(
+            "UPDATE rooms SET key_hash = ?2 WHERE id = ?1",
+            params![id, sha256_hex(&key)],
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -249,6 +273,15 @@ impl Store for SqliteStore {
         Ok(st.query_row([id], room_from_row).optional()?)
     }
 
+    fn room_by_stream_key(&self, key: &str) -> Result<Option<StoredRoom>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms WHERE key_hash = ?1"
+        ))?;
+        let room = st.query_row([sha256_hex(key)], room_from_row).optional()?;
+        Ok(room.filter(|r| constant_time_eq(r.stream_key.as_bytes(), key.as_bytes())))
+    }
+
     fn room_count(&self) -> Result<usize, StoreError> {
         let n: i64 = self
             .conn()
@@ -258,15 +291,16 @@ impl Store for SqliteStore {
 
     fn insert_room(&self, room: &StoredRoom) -> Result<(), StoreError> {
         let r = self.conn().execute(
-            "INSERT INTO rooms (id, name, stream_key, settings, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO rooms (id, name, stream_key, settings, created_at, updated_at, key_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 room.id,
                 room.name,
                 room.stream_key,
                 settings_json(&room.settings),
                 room.created_at,
-                room.updated_at
+                room.updated_at,
+                sha256_hex(&room.stream_key)
             ],
         );
         match r {
@@ -282,12 +316,14 @@ impl Store for SqliteStore {
 
     fn update_room(&self, room: &StoredRoom) -> Result<bool, StoreError> {
         let n = self.conn().execute(
-            "UPDATE rooms SET stream_key = ?2, settings = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE rooms SET stream_key = ?2, settings = ?3, updated_at = ?4, key_hash = ?5
+             WHERE id = ?1",
             params![
                 room.id,
                 room.stream_key,
                 settings_json(&room.settings),
-                room.updated_at
+                room.updated_at,
+                sha256_hex(&room.stream_key)
             ],
         )?;
         Ok(n > 0)
@@ -433,6 +469,13 @@ mod tests {
         assert!(r.settings.private);
         assert_eq!(r.settings.ladder, vec![720, 360]);
         assert_eq!(s.room_count().unwrap(), 1);
+        // Found by its current key only.
+        assert_eq!(
+            s.room_by_stream_key("other-key").unwrap().unwrap().id,
+            "rm_1"
+        );
+        assert!(s.room_by_stream_key("key-1234").unwrap().is_none());
+        assert!(s.room_by_stream_key("").unwrap().is_none());
         assert!(s.delete_room("rm_1").unwrap());
         assert!(!s.delete_room("rm_1").unwrap());
         assert!(s.room_by_name("a").unwrap().is_none());

@@ -441,6 +441,93 @@ fn rotating_a_key_refuses_the_old_one_on_rtmp() {
     assert!(!ok, "ffmpeg's publish was ended before its 20 s");
 }
 
+/// A room's settings rule its edges: `webrtc: false` makes WHEP answer `503`
+/// `hls-only` with a link to the playlist (after the token check of a private
+/// room), `hls: false` closes `/hls/{room}/…` with `404`, and the sources
+/// fetching its playlists are counted as HLS viewers.
+#[test]
+fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
+    let rtmp_port = common::free_tcp_port();
+    let listen = format!("127.0.0.1:{rtmp_port}");
+    let s = Server::start_with_env(
+        &["--admin-token", ADMIN],
+        &[("DIONYSIA_RTMP_LISTEN", &listen)],
+    );
+    let c = client();
+    let room = create_room(&s, json!({"name": "hall", "webrtc": false}));
+    assert_eq!(room["settings"]["webrtc"], false);
+    assert_eq!(room["settings"]["hls"], true);
+    let key = room["stream_key"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), "the RTMP port", || {
+        std::net::TcpStream::connect(("127.0.0.1", rtmp_port)).ok()
+    });
+    let publisher = rtmp_publish(rtmp_port, &key, 40);
+
+    // HLS-only: WHEP says so and where to go instead.
+    let r = whep_post(&s, "hall", None);
+    let link = r
+        .headers()
+        .get("link")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = assert_problem(r, 503);
+    assert!(
+        body["type"].as_str().unwrap().ends_with("hls-only"),
+        "{body}"
+    );
+    assert!(
+        link.contains("</hls/hall/index.m3u8>") && link.contains("rel=\"alternate\""),
+        "Link: {link}"
+    );
+
+    // Two players (different User-Agents) fetch the playlist: two HLS viewers.
+    let playlist = s.url("/hls/hall/index.m3u8");
+    for agent in ["player-one/1.0", "player-two/1.0"] {
+        eventually(Duration::from_secs(20), "the HLS playlist", || {
+            let r = c.get(&playlist).header("user-agent", agent).send().ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        });
+    }
+    let get = || json_of(admin(c.get(s.url("/api/v1/rooms/hall"))).send().unwrap());
+    let live = get()["live"].clone();
+    assert_eq!(live["viewers"]["hls"], 2, "{live}");
+    assert_eq!(live["viewers"]["webrtc"], 0, "{live}");
+    let listed = json_of(admin(c.get(s.url("/api/v1/rooms"))).send().unwrap());
+    let listed = listed["rooms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "hall").cloned())
+        .unwrap_or_else(|| panic!("hall listed: {listed}"));
+    assert_eq!(listed["live"]["viewers"]["hls"], 2, "{listed}");
+
+    // HLS off: the room's playlists are gone at once, even while it is live.
+    let r = admin(c.patch(s.url("/api/v1/rooms/hall")))
+        .json(&json!({"hls": false, "webrtc": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = assert_problem(c.get(&playlist).send().unwrap(), 404);
+    assert!(body["detail"].as_str().unwrap().contains("HLS"), "{body}");
+    // WebRTC on again: WHEP answers.
+    assert_eq!(whep_post(&s, "hall", None).status().as_u16(), 201);
+
+    // A private HLS-only room asks for the token first, then says HLS-only.
+    let r = admin(c.patch(s.url("/api/v1/rooms/hall")))
+        .json(&json!({"private": true, "webrtc": false, "hls": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_problem(whep_post(&s, "hall", None), 401);
+    let minted = json_of(
+        admin(c.post(s.url("/api/v1/rooms/hall/viewer-tokens")))
+            .send()
+            .unwrap(),
+    );
+    let token = minted["token"].as_str().unwrap();
+    assert_problem(whep_post(&s, "hall", Some(token)), 503);
+    let _ = rtmp_finish(publisher, Duration::from_secs(1));
+}
+
 /// Signs a viewer token with the server's key (read from its database), for
 /// the cases the API cannot mint: expired ones.
 fn forge_viewer_token(data_dir: &TempDir, claims: Value) -> String {

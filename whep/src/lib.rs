@@ -14,7 +14,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
@@ -80,6 +80,22 @@ async fn subscribe(
             return Err(Problem::unauthorized(
                 "the viewer token is invalid, expired or not for this room",
             ))
+        }
+        ViewerAccess::HlsOnly => {
+            // Players fall back on 503; the link says where to.
+            let hls = format!("/hls/{room}/index.m3u8");
+            let mut response = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hls-only",
+                format!("room {room:?} is served over LL-HLS only: {hls}"),
+            )
+            .into_response();
+            if let Ok(link) = HeaderValue::from_str(&format!(
+                "<{hls}>; rel=\"alternate\"; type=\"application/vnd.apple.mpegurl\""
+            )) {
+                response.headers_mut().append(header::LINK, link);
+            }
+            return Ok(response);
         }
     }
     let offer = wish::read_text_body(&headers, body, wish::SDP).await?;

@@ -61,6 +61,8 @@ pub enum ViewerAccess {
     TokenRequired,
     /// The token is malformed, expired, or not for this room.
     TokenRefused,
+    /// The room is served over LL-HLS only: no WebRTC viewers.
+    HlsOnly,
 }
 
 /// A STUN or TURN server handed to clients in `Link: rel="ice-server"`.
