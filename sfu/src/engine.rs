@@ -1564,6 +1564,16 @@ impl Engine {
                             .flatten()
                     })
                     .map(|r| r.to_string()),
+                packets_forwarded: p
+                    .egress
+                    .iter()
+                    .map(|e| e.forwarder.stats().packets_forwarded)
+                    .sum(),
+                packets_dropped: p
+                    .egress
+                    .iter()
+                    .map(|e| e.forwarder.stats().packets_dropped)
+                    .sum(),
             })
             .collect();
         let live = publisher.as_ref().is_some_and(|p| p.connected);

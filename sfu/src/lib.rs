@@ -168,4 +168,8 @@ pub struct ViewerSummary {
     pub estimated_bitrate: Option<u64>,
     /// The rid of the video layer being forwarded (`null` without simulcast).
     pub layer: Option<String>,
+    /// RTP packets sent to this viewer (all its m-lines, replays included).
+    pub packets_forwarded: u64,
+    /// Packets of its sources not sent: other layers' and those before a start.
+    pub packets_dropped: u64,
 }
