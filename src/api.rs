@@ -66,6 +66,8 @@ pub struct Api {
     pub viewer_tokens: Arc<ViewerTokenKey>,
     pub keys: KnownKeys,
     pub hls_audience: Arc<HlsAudience>,
+    /// When the server started (`dionysia_uptime_seconds`).
+    pub started: Instant,
     /// Base URL for the URLs handed out; else from the request's Host.
     pub public_url: Option<String>,
     pub http_listen: SocketAddr,
@@ -106,8 +108,39 @@ pub fn router(api: Api) -> Router {
             )
         })
         .fallback(|| async { Problem::not_found("no such API resource") })
+        .with_state(api.clone());
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            require_admin,
+        ))
         .with_state(api);
-    Router::new().nest("/api/v1", v1)
+    Router::new().nest("/api/v1", v1).merge(metrics)
+}
+
+/// `GET /metrics`: Prometheus text exposition (admin token required: the
+/// labels name rooms, private ones too).
+async fn metrics(State(api): State<Api>) -> Result<Response, Problem> {
+    let rooms = api.store.room_count().map_err(store_problem)?;
+    let statuses = api.sfu.rooms_status().await;
+    let now = Instant::now();
+    let hls = |room: &str| api.hls_audience.count(room, now);
+    let text = crate::metrics::render(&crate::metrics::Snapshot {
+        rooms,
+        statuses: &statuses,
+        hls_viewers: &hls,
+        uptime_secs: api.started.elapsed().as_secs_f64(),
+        process: crate::metrics::Process::read(),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 // ------------------------------------------------------------------ schemas

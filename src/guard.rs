@@ -44,7 +44,7 @@ impl Guard {
 
 pub async fn guard(State(g): State<Guard>, request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
-    let guarded = ["/api/", "/whip/", "/whep/", "/hls/"]
+    let guarded = ["/api/", "/whip/", "/whep/", "/hls/", "/metrics"]
         .iter()
         .any(|p| path.starts_with(p));
     let source = request

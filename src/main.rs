@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod config;
 mod guard;
+mod metrics;
 mod rooms;
 mod store;
 mod webhooks;
@@ -109,6 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         viewer_tokens,
         keys,
         hls_audience: hls_audience.clone(),
+        started: std::time::Instant::now(),
         public_url: config.public_url.clone(),
         http_listen: config.http_listen,
     };

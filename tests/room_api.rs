@@ -500,6 +500,31 @@ fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
         .unwrap_or_else(|| panic!("hall listed: {listed}"));
     assert_eq!(listed["live"]["viewers"]["hls"], 2, "{listed}");
 
+    // The same figures for Prometheus, behind the admin token.
+    assert_problem(c.get(s.url("/metrics")).send().unwrap(), 401);
+    let r = admin(c.get(s.url("/metrics"))).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().unwrap();
+    for line in [
+        "dionysia_room_live{room=\"hall\"} 1",
+        "dionysia_room_viewers{room=\"hall\",protocol=\"hls\"} 2",
+        "dionysia_viewers{protocol=\"hls\"} 2",
+        "dionysia_rooms_live 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "dionysia_room_publisher_uptime_seconds{room=\"hall\",ingest=\"rtmp\"}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+
     // HLS off: the room's playlists are gone at once, even while it is live.
     let r = admin(c.patch(s.url("/api/v1/rooms/hall")))
         .json(&json!({"hls": false, "webrtc": true}))
