@@ -15,6 +15,7 @@ import { deleteSession, iceGatheringDone, postOffer, preferCodec, WishError } fr
 export { preferCodec, WishError };
 
 const DEFAULT_RETRY_MS = 1000;
+const LAYER_REL = 'urn:dionysia:whep:layer';
 const MIN_RETRY_MS = 200;
 const MAX_RETRY_MS = 10000;
 
@@ -45,6 +46,7 @@ export class WhepViewer {
     this.pc.addEventListener('connectionstatechange', () => this.#state(this.pc.connectionState));
     this.location = null;
     this.etag = null;
+    this.layerUrl = null;
     /** How many 409 answers were waited out. */
     this.retries = 0;
     /** performance.now() when the offer that got answered was POSTed, and when the answer came. */
@@ -73,7 +75,7 @@ export class WhepViewer {
       signal.throwIfAborted();
       const postedAt = performance.now();
       try {
-        const { answer, location, etag } = await postOffer(this.endpoint, pc.localDescription.sdp, {
+        const { answer, location, etag, links } = await postOffer(this.endpoint, pc.localDescription.sdp, {
           token: this.options.token,
           signal,
         });
@@ -81,6 +83,8 @@ export class WhepViewer {
         this.answeredAt = performance.now();
         this.location = location;
         this.etag = etag;
+        /** The simulcast layer resource (`Link: rel="urn:dionysia:whep:layer"`), or null. */
+        this.layerUrl = links.find((l) => l.rel === LAYER_REL)?.url ?? null;
         if (signal.aborted) {
           // stop() ran while the POST was in flight: end the session it created.
           await deleteSession(location, { token: this.options.token });
@@ -99,6 +103,35 @@ export class WhepViewer {
         await sleep(delay, signal);
       }
     }
+  }
+
+  /**
+   * The session's simulcast layers and choice (`GET` the layer resource), or
+   * null when the server offers none.
+   */
+  async layers() {
+    if (!this.layerUrl) return null;
+    const response = await fetch(this.layerUrl, { headers: this.#auth() });
+    return response.ok ? response.json() : null;
+  }
+
+  /**
+   * Asks for a layer: `{rid: 'l'}`, `{maxHeight: 360}`, or `{}` for automatic.
+   * Resolves to the new state, or rejects with a WishError.
+   */
+  async selectLayer(request) {
+    if (!this.layerUrl) throw new WishError('this session has no layer resource');
+    const response = await fetch(this.layerUrl, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...this.#auth() },
+      body: JSON.stringify(request),
+    });
+    if (!response.ok) throw new WishError(`layer request: ${response.status}`, { status: response.status });
+    return response.json();
+  }
+
+  #auth() {
+    return this.options.token ? { Authorization: `Bearer ${this.options.token}` } : {};
   }
 
   /** The RTCRtpReceiver of the video track. */

@@ -7,15 +7,19 @@
 export class WishError extends Error {
   /**
    * @param {string} message
-   * @param {{status?: number, retryAfterMs?: number|null}} [info]
+   * @param {{status?: number, retryAfterMs?: number|null, problemType?: string|null, links?: Link[]}} [info]
    */
-  constructor(message, { status = 0, retryAfterMs = null } = {}) {
+  constructor(message, { status = 0, retryAfterMs = null, problemType = null, links = [] } = {}) {
     super(message);
     this.name = 'WishError';
     /** HTTP status, 0 when the request never got an answer. */
     this.status = status;
     /** Delay asked by a `Retry-After` header, in milliseconds, or null. */
     this.retryAfterMs = retryAfterMs;
+    /** The RFC 9457 problem `type` (e.g. 'hls-only', 'room-full'), or null. */
+    this.problemType = problemType;
+    /** The answer's `Link` headers (e.g. rel="alternate" to the HLS playlist). */
+    this.links = links;
   }
 }
 
@@ -78,7 +82,7 @@ export function iceGatheringDone(pc, timeoutMs) {
  * @param {string|URL} endpoint
  * @param {string} offerSdp
  * @param {{token?: string, signal?: AbortSignal}} [options]
- * @returns {Promise<{answer: string, location: string, etag: string|null}>}
+ * @returns {Promise<{answer: string, location: string, etag: string|null, links: Link[]}>}
  */
 export async function postOffer(endpoint, offerSdp, { token, signal } = {}) {
   const headers = { 'Content-Type': 'application/sdp' };
@@ -90,11 +94,15 @@ export async function postOffer(endpoint, offerSdp, { token, signal } = {}) {
     if (err.name === 'AbortError') throw err;
     throw new WishError(`cannot reach ${endpoint}: ${err.message}`);
   }
+  const base = new URL(endpoint, document.baseURI);
+  const links = parseLinks(response.headers.get('Link'), base);
   if (response.status !== 201) {
-    const detail = await problemText(response);
+    const { text: detail, type: problemType } = await problemOf(response);
     throw new WishError(`${response.status} ${detail}`.trim(), {
       status: response.status,
       retryAfterMs: retryAfterMs(response.headers.get('Retry-After')),
+      problemType,
+      links,
     });
   }
   const location = response.headers.get('Location');
@@ -102,8 +110,9 @@ export async function postOffer(endpoint, offerSdp, { token, signal } = {}) {
   const answer = await response.text();
   return {
     answer,
-    location: new URL(location, new URL(endpoint, document.baseURI)).href,
+    location: new URL(location, base).href,
     etag: response.headers.get('ETag'),
+    links,
   };
 }
 
@@ -127,23 +136,58 @@ export async function deleteSession(location, { token } = {}) {
   }
 }
 
-/** A readable message from an error body (RFC 9457 problem+json or text). */
-async function problemText(response) {
+/**
+ * A readable message from an error body (RFC 9457 problem+json or text), and
+ * the problem's `type` when there is one.
+ */
+async function problemOf(response) {
   let text = '';
   try {
     text = await response.text();
   } catch {
-    return response.statusText;
+    return { text: response.statusText, type: null };
   }
   try {
     const problem = JSON.parse(text);
     if (problem && (problem.detail || problem.title)) {
-      return [problem.title, problem.detail].filter(Boolean).join(': ');
+      return {
+        text: [problem.title, problem.detail].filter(Boolean).join(': '),
+        type: typeof problem.type === 'string' ? problem.type : null,
+      };
     }
   } catch {
     // not JSON: fall through to the text itself
   }
-  return (text.trim() || response.statusText).slice(0, 200);
+  return { text: (text.trim() || response.statusText).slice(0, 200), type: null };
+}
+
+/**
+ * @typedef {{url: string, rel: string, params: Record<string, string>}} Link
+ */
+
+/**
+ * Parses an HTTP `Link` header (RFC 8288; several links, comma-separated)
+ * into absolute URLs with their `rel` and other parameters.
+ *
+ * @param {string|null} value
+ * @param {URL} base
+ * @returns {Link[]}
+ */
+export function parseLinks(value, base) {
+  if (!value) return [];
+  const links = [];
+  for (const match of value.matchAll(/<([^>]*)>((?:\s*;\s*[^;,=]+(?:=(?:"[^"]*"|[^;,]*))?)*)/g)) {
+    const params = {};
+    for (const p of match[2].matchAll(/;\s*([^;,=\s]+)(?:=("[^"]*"|[^;,]*))?/g)) {
+      params[p[1].toLowerCase()] = (p[2] ?? '').trim().replace(/^"|"$/g, '');
+    }
+    try {
+      links.push({ url: new URL(match[1], base).href, rel: params.rel ?? '', params });
+    } catch {
+      // an unparsable URL: skip that link
+    }
+  }
+  return links;
 }
 
 /** `Retry-After` (delay in seconds or an HTTP date) in milliseconds. */

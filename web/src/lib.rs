@@ -1,18 +1,28 @@
 //! Dionysia's browser pages, embedded in the binary.
 //!
 //! ```text
-//!  GET /                  index: open a room to watch or publish
-//!  GET /publish/{room}    camera + mic ─► WHIP  POST /whip/{room}
-//!  GET /watch/{room}      WHEP POST /whep/{room} ─► <video>
-//!  GET /assets/{file}     the ES modules and the stylesheet the pages load
+//!  GET /                  dashboard: rooms, live state, viewers (room API, admin token)
+//!  GET /publish/{room}    camera/screen + mic ─► WHIP  POST /whip/{room}
+//!  GET /watch/{room}      <dionysia-player>: WHEP, falling back to LL-HLS
+//!  GET /assets/{file}     the ES modules and stylesheets the pages load
+//!  GET /assets/hls.js     hls.js (ES module), loaded by the player only to fall back
 //! ```
 //!
 //! Every file is compiled in from `web/assets/` (`include_str!`), so the
 //! binary serves its pages with nothing beside it. The pages are static: the
 //! room comes from the URL path in the browser, never from templating, so no
 //! request data is ever written into HTML here. The JavaScript is plain ES
-//! modules with no dependencies (no CDN, no bundler): `whip.js` and `whep.js`
-//! are small WHIP/WHEP clients that other pages and the end-to-end tests reuse.
+//! modules (no CDN, no bundler, no framework): `whip.js` and `whep.js` are
+//! small WHIP/WHEP clients that other pages and the end-to-end tests reuse;
+//! `player.js` defines the `<dionysia-player>` element, embeddable from any
+//! site (assets answer with `Access-Control-Allow-Origin: *`, as module
+//! scripts are fetched with CORS).
+//!
+//! The one third-party file, hls.js (Apache-2.0), is not in the repository:
+//! `build.rs` takes it from `web/node_modules` or from the npm tarball pinned
+//! (with its sha512) by `web/package-lock.json`. An offline build embeds
+//! nothing, and `/assets/hls.js` answers `404` (the player then uses native
+//! HLS where the browser has it).
 //!
 //! This crate never touches media or the SFU: it only answers GETs.
 
@@ -40,12 +50,19 @@ const ASSETS: &[Asset] = &[
     asset("whip.js", JS, include_str!("../assets/whip.js")),
     asset("whep.js", JS, include_str!("../assets/whep.js")),
     asset("page.js", JS, include_str!("../assets/page.js")),
-    asset("index.js", JS, include_str!("../assets/index.js")),
+    asset("dashboard.js", JS, include_str!("../assets/dashboard.js")),
+    asset("player.js", JS, include_str!("../assets/player.js")),
+    asset("player.css", CSS, include_str!("../assets/player.css")),
     asset("publish.js", JS, include_str!("../assets/publish.js")),
     asset("watch.js", JS, include_str!("../assets/watch.js")),
     asset("style.css", CSS, include_str!("../assets/style.css")),
     asset("icon.svg", SVG, include_str!("../assets/icon.svg")),
 ];
+
+/// hls.js 1.7.4 (`dist/hls.min.mjs`), plain and gzipped; empty when the
+/// build could not get it (see `build.rs`).
+const HLS_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hls.min.mjs"));
+const HLS_JS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hls.min.mjs.gz"));
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const PUBLISH_HTML: &str = include_str!("../assets/publish.html");
@@ -71,6 +88,7 @@ pub fn router() -> Router {
         .route("/", get(|| async { page(INDEX_HTML) }))
         .route("/publish/{room}", get(|| async { page(PUBLISH_HTML) }))
         .route("/watch/{room}", get(|| async { page(WATCH_HTML) }))
+        .route("/assets/hls.js", get(serve_hls_js))
         .route("/assets/{file}", get(serve_asset))
 }
 
@@ -103,10 +121,44 @@ fn file_response(content_type: &'static str, body: &'static str) -> Response {
             // they are small.
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // The player is embeddable from any origin (module scripts are
+            // fetched with CORS); nothing here is private.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         body,
     )
         .into_response()
+}
+
+/// hls.js, gzipped when the client takes it (about a third of the size).
+/// Cached for a week: it changes only with the pinned version.
+async fn serve_hls_js(headers: http::HeaderMap) -> Response {
+    if HLS_JS.is_empty() {
+        return not_found();
+    }
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, JS),
+            (header::CACHE_CONTROL, "public, max-age=604800"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        if gzip { HLS_JS_GZ } else { HLS_JS },
+    )
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 /// An RFC 9457 problem, as every other Dionysia endpoint answers errors.
@@ -140,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn pages_are_html_with_a_csp() {
         for (path, marker) in [
-            ("/", "Watch a room"),
+            ("/", "/assets/dashboard.js"),
             ("/publish/main", "/assets/publish.js"),
             ("/watch/some%20room", "/assets/watch.js"),
         ] {
@@ -198,5 +250,38 @@ mod tests {
             }
         }
         assert!(checked >= 10, "found only {checked} references");
+    }
+
+    #[tokio::test]
+    async fn assets_allow_any_origin() {
+        let (_, headers, _) = get("/assets/player.js").await;
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    }
+
+    /// The build embeds hls.js (from node_modules or the pinned tarball);
+    /// served gzipped to clients that take it, with a long cache lifetime.
+    #[tokio::test]
+    async fn hls_js_is_embedded_and_served_gzipped() {
+        assert!(
+            HLS_JS.len() > 100_000,
+            "hls.js was not embedded: run `npm ci` in web/ or build online"
+        );
+        let request = Request::get("/assets/hls.js")
+            .header(header::ACCEPT_ENCODING, "br, gzip")
+            .body(Body::empty())
+            .unwrap();
+        let response = router().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+        assert!(response.headers()[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("max-age=604800"));
+        let body = to_bytes(response.into_body(), 4 << 20).await.unwrap();
+        assert_eq!(&body[..], HLS_JS_GZ);
+        let (status, headers, body) = get("/assets/hls.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key(header::CONTENT_ENCODING));
+        assert!(body.contains("export"), "not an ES module");
     }
 }
