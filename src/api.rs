@@ -753,6 +753,16 @@ fn live(status: Option<&RoomStatus>, hls_viewers: usize) -> Live {
     }
 }
 
+/// A room with its live state, as the answer of a request.
+fn room_response(
+    api: &Api,
+    headers: &HeaderMap,
+    room: &StoredRoom,
+    status: Option<&RoomStatus>,
+) -> Response {
+    Json(room_view(api, &base_url(api, headers), room, status)).into_response()
+}
+
 fn room_view(api: &Api, base: &str, r: &StoredRoom, status: Option<&RoomStatus>) -> Room {
     Room {
         id: r.id.clone(),
@@ -864,13 +874,7 @@ async fn get_room(
 ) -> Result<Response, Problem> {
     let room = find_room(&api, &key)?;
     let status = api.sfu.room_status(&room.name).await;
-    Ok(Json(room_view(
-        &api,
-        &base_url(&api, &headers),
-        &room,
-        status.as_ref(),
-    ))
-    .into_response())
+    Ok(room_response(&api, &headers, &room, status.as_ref()))
 }
 
 /// Change settings. Making a room private ends the sessions of its current viewers.
@@ -926,13 +930,7 @@ async fn update_room(
         }
         status = api.sfu.room_status(&room.name).await;
     }
-    Ok(Json(room_view(
-        &api,
-        &base_url(&api, &headers),
-        &room,
-        status.as_ref(),
-    ))
-    .into_response())
+    Ok(room_response(&api, &headers, &room, status.as_ref()))
 }
 
 /// Delete a room; every session in it ends.
@@ -989,13 +987,7 @@ async fn rotate_key(
     }
     info!(room = room.name, "stream key rotated");
     let status = api.sfu.room_status(&room.name).await;
-    Ok(Json(room_view(
-        &api,
-        &base_url(&api, &headers),
-        &room,
-        status.as_ref(),
-    ))
-    .into_response())
+    Ok(room_response(&api, &headers, &room, status.as_ref()))
 }
 
 /// Disconnect the room's publisher (it may reconnect with the key; rotate the key to stop it).

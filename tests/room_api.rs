@@ -340,6 +340,21 @@ fn rotating_a_key_refuses_the_old_one_and_ends_the_publish() {
     assert_eq!(whip_post(&s, "studio", Some(&new)).status().as_u16(), 201);
 }
 
+/// A server with RTMP on (`DIONYSIA_RTMP_LISTEN`, the env form of
+/// `--rtmp-listen`) on a free port, once that port accepts.
+fn start_with_rtmp() -> (Server, u16) {
+    let rtmp_port = common::free_tcp_port();
+    let listen = format!("127.0.0.1:{rtmp_port}");
+    let s = Server::start_with_env(
+        &["--admin-token", ADMIN],
+        &[("DIONYSIA_RTMP_LISTEN", &listen)],
+    );
+    eventually(Duration::from_secs(5), "the RTMP port", || {
+        std::net::TcpStream::connect(("127.0.0.1", rtmp_port)).ok()
+    });
+    (s, rtmp_port)
+}
+
 /// ffmpeg publishing a small test picture over RTMP for `seconds`.
 fn rtmp_publish(port: u16, key: &str, seconds: u32) -> std::process::Child {
     std::process::Command::new("ffmpeg")
@@ -399,12 +414,7 @@ fn rtmp_finish(mut child: std::process::Child, within: Duration) -> (bool, Strin
 /// publish.
 #[test]
 fn rotating_a_key_refuses_the_old_one_on_rtmp() {
-    let rtmp_port = common::free_tcp_port();
-    let listen = format!("127.0.0.1:{rtmp_port}");
-    let s = Server::start_with_env(
-        &["--admin-token", ADMIN],
-        &[("DIONYSIA_RTMP_LISTEN", &listen)],
-    );
+    let (s, rtmp_port) = start_with_rtmp();
     let c = client();
     let room = create_room(&s, json!({"name": "encoder"}));
     let old = room["stream_key"].as_str().unwrap().to_string();
@@ -416,9 +426,6 @@ fn rotating_a_key_refuses_the_old_one_on_rtmp() {
         json_of(r)["stream_key"].as_str().unwrap().to_string()
     };
     let new = rotate();
-    eventually(Duration::from_secs(5), "the RTMP port", || {
-        std::net::TcpStream::connect(("127.0.0.1", rtmp_port)).ok()
-    });
 
     let (ok, stderr) = rtmp_finish(rtmp_publish(rtmp_port, &old, 2), Duration::from_secs(20));
     assert!(
@@ -447,20 +454,12 @@ fn rotating_a_key_refuses_the_old_one_on_rtmp() {
 /// fetching its playlists are counted as HLS viewers.
 #[test]
 fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
-    let rtmp_port = common::free_tcp_port();
-    let listen = format!("127.0.0.1:{rtmp_port}");
-    let s = Server::start_with_env(
-        &["--admin-token", ADMIN],
-        &[("DIONYSIA_RTMP_LISTEN", &listen)],
-    );
+    let (s, rtmp_port) = start_with_rtmp();
     let c = client();
     let room = create_room(&s, json!({"name": "hall", "webrtc": false}));
     assert_eq!(room["settings"]["webrtc"], false);
     assert_eq!(room["settings"]["hls"], true);
     let key = room["stream_key"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(5), "the RTMP port", || {
-        std::net::TcpStream::connect(("127.0.0.1", rtmp_port)).ok()
-    });
     let publisher = rtmp_publish(rtmp_port, &key, 40);
 
     // HLS-only: WHEP says so and where to go instead.
@@ -518,9 +517,8 @@ fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
     assert!(
-        text.lines().any(|l| l.starts_with(
-            "dionysia_room_publisher_uptime_seconds{room=\"hall\",ingest=\"rtmp\"}"
-        )),
+        text.lines().any(|l| l
+            .starts_with("dionysia_room_publisher_uptime_seconds{room=\"hall\",ingest=\"rtmp\"}")),
         "{text}"
     );
     assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
