@@ -97,6 +97,8 @@ export class DionysiaPlayer extends HTMLElement {
   fallbackReason = null;
   /** 'webrtc', 'hls' or null. */
   mode = null;
+  /** What happened, as [performance.now() ms, what] (the newest 100). */
+  events = [];
   state = 'connecting';
 
   #root;
@@ -215,10 +217,12 @@ export class DionysiaPlayer extends HTMLElement {
       handover = null;
       if (signal.aborted) return;
       if (next.fallback) {
+        this.#note(`fallback:${next.fallback}`);
         this.fallbackReason = next.fallback;
         this.#hlsOnly = next.fallback === 'hls-only';
         this.#webrtcAgainAt = Date.now() + (next.retryMs ?? RETRY_WEBRTC_MS);
       } else if (next.upgrade) {
+        this.#note('upgrade:webrtc');
         handover = next.upgrade;
         this.fallbackReason = null;
         this.#webrtcAgainAt = 0;
@@ -500,7 +504,13 @@ export class DionysiaPlayer extends HTMLElement {
 
   // ------------------------------------------------------------ display
 
+  #note(what) {
+    this.events.push([Math.round(performance.now()), what]);
+    if (this.events.length > 100) this.events.shift();
+  }
+
   #setMode(mode) {
+    if (mode !== this.mode) this.#note(`mode:${mode}`);
     this.mode = mode;
     if (mode) this.dataset.mode = mode;
     else delete this.dataset.mode;
@@ -526,9 +536,11 @@ export class DionysiaPlayer extends HTMLElement {
 
   #setState(state, message) {
     const changed = state !== this.state || this.#els.status.textContent !== message;
+    if (state !== this.state) this.#note(`state:${state}`);
     this.state = state;
     this.dataset.state = state;
-    const { status, overlay, live } = this.#els;
+    const { status, overlay } = this.#els;
+    const live = this.#els['live-badge'];
     status.dataset.state = state;
     status.textContent = state === 'live' ? 'Live' : message;
     this.#els.message.textContent = message;

@@ -67,7 +67,7 @@ export function log(...parts) {
  *
  * @param {import('playwright-core').BrowserContextOptions} [contextOptions]
  */
-export async function launch(contextOptions = {}, { attempts = 3 } = {}) {
+export async function launch(contextOptions = {}, { attempts = 3, args = CHROMIUM_ARGS } = {}) {
   let lastError;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     let browser;
@@ -75,7 +75,7 @@ export async function launch(contextOptions = {}, { attempts = 3 } = {}) {
       browser = await chromium.launch({
         executablePath: CHROMIUM,
         headless: true,
-        args: CHROMIUM_ARGS,
+        args,
         timeout: 20000,
       });
       const context = await browser.newContext({
