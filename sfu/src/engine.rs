@@ -24,16 +24,18 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt, Rid, Rids,
+};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
-use crate::gop::{CachedPacket, GopCache};
+use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, StartDelay};
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
@@ -125,6 +127,9 @@ struct Egress {
     selector: LayerSelector,
     /// Cumulative (packets, NACKs) at the last egress stats, for loss rates.
     last_egress: (u64, u64),
+    /// Video started from a replayed GOP: the playout-delay hint it gets
+    /// while catching up (see `gop::StartDelay`).
+    start_delay: Option<StartDelay>,
 }
 
 struct Room {
@@ -218,12 +223,28 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 const AUDIO_ALLOWANCE: u64 = 100_000;
 /// Packets of a viewer's video kept to answer its NACKs.
 const RTX_CACHE_PACKETS: usize = 300;
-/// Replay a cached GOP to a new viewer only when it is younger than this.
-/// An older one must be decoded in a burst before the picture is live: on a
-/// browser with little CPU that stalled the picture 2-3 s after the first
-/// frame (seen with ffmpeg's 2 s GOPs over RTMP), and played it late. Older
-/// GOPs wait for the next keyframe instead (requested at the POST).
+/// A cached GOP of the viewer's own layer younger than this is replayed as
+/// it is. An older one is a burst a decoder must get through before the
+/// picture is live (without a playout-delay hint that stalled a browser
+/// 2-3 s and played it late), so the smallest cached layer's GOP is
+/// replayed instead, within `MAX_REPLAY_BYTES`, and the viewer switches up
+/// at its own layer's next keyframe.
 const MAX_REPLAY_AGE: Duration = Duration::from_millis(500);
+/// Most payload bytes of an older GOP replayed to a new viewer (the
+/// smallest cached layer is taken, see `gop::replay_layer`). With the zero
+/// playout-delay hint Chromium decoded a 1.5 s-old 470 KB GOP of 720p and
+/// was live 0.35-0.53 s after its first frame (without the hint: stalls of
+/// 1-3.4 s, live after 2-5 s; docs/benchmarks.md). 1 MiB holds a whole 2 s
+/// GOP at 4 Mbit/s; larger ones wait for the next keyframe.
+const MAX_REPLAY_BYTES: usize = 1024 * 1024;
+/// How long a viewer started from a replayed GOP is told to show frames as
+/// soon as they are decoded (playout delay 0), and then how long the hint
+/// is withdrawn for.
+const START_ZERO_DELAY: Duration = Duration::from_millis(1500);
+const START_DELAY_RESTORE: Duration = Duration::from_millis(1000);
+/// RTP header extension id offered for playout-delay (Chromium's own
+/// number; str0m adopts the offer's numbering anyway).
+const PLAYOUT_DELAY_EXT_ID: u8 = 5;
 /// How often viewers' egress stats (NACK counts) are taken.
 const LOSS_INTERVAL: Duration = Duration::from_millis(500);
 /// Share of a viewer's video packets NACKed in an interval that means its
@@ -469,7 +490,9 @@ impl Engine {
             .set_stats_interval(Some(LOSS_INTERVAL))
             // Enough to answer NACKs for ~1 s of a top layer; str0m's default
             // (1,000 packets) cost ~700 KiB per viewer.
-            .set_send_buffer_video(RTX_CACHE_PACKETS);
+            .set_send_buffer_video(RTX_CACHE_PACKETS)
+            // For starting from a replayed GOP without a jitter buffer's delay.
+            .set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);
         // Bandwidth estimation needs transport-cc feedback; without it the
         // estimator only paces and throttles (REMB still reports estimates).
         if offer.contains("transport-wide-cc") {
@@ -947,6 +970,7 @@ impl Engine {
             forwarder: fwd,
             selector,
             last_egress: (0, 0),
+            start_delay: None,
         });
     }
 
@@ -1288,17 +1312,30 @@ impl Engine {
             if track.kind != MediaKind::Video || e.forwarder.current().is_some() {
                 continue;
             }
-            let layer = source.layer as usize;
-            let young = track
+            let offers: Vec<GopOffer> = track
                 .gop
-                .get(layer)
-                .and_then(|g| g.age(now))
-                .is_some_and(|a| a < MAX_REPLAY_AGE);
-            if !young {
+                .iter()
+                .map(|g| GopOffer {
+                    ready: g.packets().is_some(),
+                    age: g.age(now).unwrap_or(Duration::MAX),
+                    bytes: g.bytes(),
+                })
+                .collect();
+            let Some(layer) = gop::replay_layer(
+                source.layer as usize,
+                &offers,
+                MAX_REPLAY_AGE,
+                MAX_REPLAY_BYTES,
+            ) else {
                 // The next keyframe (asked for at the POST) starts it live.
+                info!(session = %peer.session, "no cached GOP to replay; waiting for a keyframe");
                 missing.push((e.track, source.layer));
                 continue;
-            }
+            };
+            let from = SourceId {
+                generation: source.generation,
+                layer: layer as u8,
+            };
             let cached: Vec<&CachedPacket> = match track.gop.get(layer).and_then(|g| g.packets()) {
                 Some(it) => it.collect(),
                 None => {
@@ -1310,12 +1347,28 @@ impl Engine {
                 .iter()
                 .map(|p| (p.seq_no, p.timestamp, p.keyframe_start))
                 .collect();
-            let rewrites = e.forwarder.replay(now, source, &headers);
+            let rewrites = e.forwarder.replay(now, from, &headers);
             if rewrites.is_empty() {
                 missing.push((e.track, source.layer));
                 continue;
             }
-            debug!(session = %peer.session, packets = rewrites.len(), "replaying the cached GOP");
+            if from != source {
+                // Watch the replayed layer until the target's next keyframe.
+                e.forwarder.set_target(source);
+                missing.push((e.track, source.layer));
+            }
+            let delay = StartDelay::new(now, START_ZERO_DELAY, START_DELAY_RESTORE);
+            e.start_delay = Some(delay);
+            let ext = with_delay_hint(ExtensionValues::default(), DelayHint::Zero);
+            // Once per viewer start: worth a line at info.
+            info!(
+                session = %peer.session,
+                packets = rewrites.len(),
+                layer,
+                age_ms = offers[layer].age.as_millis() as u64,
+                bytes = offers[layer].bytes,
+                "replaying the cached GOP"
+            );
             for (p, rw) in cached.iter().zip(rewrites) {
                 let (Some(rw), Some(&(_, out_pt))) =
                     (rw, e.pt_map.iter().find(|(i, _)| **i == p.pt))
@@ -1330,6 +1383,7 @@ impl Engine {
                     p.payload.clone(),
                 )
                 .marker(p.marker)
+                .ext_vals(ext.clone())
                 .nackable(true);
                 if let Some(tx) = peer.rtc.direct_api().stream_tx(&e.ssrc) {
                     tx.write_rtp(write);
@@ -2068,6 +2122,13 @@ fn fan_out(
                     e.forwarder.needs_keyframe() && e.forwarder.target() == Some(source);
                 continue;
             };
+            let mut ext = packet.ext.clone();
+            if let Some(d) = e.start_delay {
+                match d.hint(now) {
+                    Some(hint) => ext = with_delay_hint(ext, hint),
+                    None => e.start_delay = None,
+                }
+            }
             let mut write = RtpWrite::new(
                 out_pt,
                 rw.seq_no.into(),
@@ -2076,7 +2137,7 @@ fn fan_out(
                 packet.payload.clone(),
             )
             .marker(packet.marker)
-            .ext_vals(packet.ext.clone())
+            .ext_vals(ext)
             .nackable(true);
             if let Some(v) = rw.vp8 {
                 if let Some(patch) = vp8_patch(&packet.payload, v) {
@@ -2093,6 +2154,17 @@ fn fan_out(
         }
     }
     wants_keyframe
+}
+
+/// The playout-delay extension (in hundredths of a second, 12 bits) for a hint.
+fn with_delay_hint(mut ext: ExtensionValues, hint: DelayHint) -> ExtensionValues {
+    let max = match hint {
+        DelayHint::Zero => 0,
+        DelayHint::Unconstrained => 0xfff,
+    };
+    ext.play_delay_min = Some(MediaTime::from_hundredths(0));
+    ext.play_delay_max = Some(MediaTime::from_hundredths(max));
+    ext
 }
 
 /// str0m's VP8 descriptor patch for the forwarder's rewritten picture ids.

@@ -96,7 +96,8 @@ impl GopCache {
         ready.then(|| self.packets.iter())
     }
 
-    #[cfg(test)]
+    /// Payload bytes of the cached GOP: what a new viewer's decoder must
+    /// get through before it reaches the live edge.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -116,9 +117,143 @@ impl GopCache {
     }
 }
 
+/// What one layer's cache offers a new viewer (see [`replay_layer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GopOffer {
+    /// The cache holds a GOP from its keyframe on.
+    pub ready: bool,
+    pub age: Duration,
+    pub bytes: usize,
+}
+
+/// Which layer's cached GOP to replay to a new viewer that should watch
+/// layer `target`, or None to wait for the next keyframe.
+///
+/// A young GOP of the target itself (under `young`) is cheap and close to
+/// live: take it. An older one is a burst of a whole GOP the viewer's decoder
+/// must get through before it shows the live edge (a 2 s GOP of 720p stalled
+/// a CPU-starved browser for seconds), so take the smallest ready GOP of any
+/// layer within `max_bytes` — usually the lowest simulcast layer, a tenth of
+/// the top one — and let the viewer switch up at the target's next keyframe.
+pub fn replay_layer(
+    target: usize,
+    offers: &[GopOffer],
+    young: Duration,
+    max_bytes: usize,
+) -> Option<usize> {
+    let usable = |o: &GopOffer| o.ready && o.bytes > 0 && o.bytes <= max_bytes;
+    if offers
+        .get(target)
+        .is_some_and(|o| usable(o) && o.age < young)
+    {
+        return Some(target);
+    }
+    offers
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| usable(o))
+        .min_by_key(|(_, o)| o.bytes)
+        .map(|(i, _)| i)
+}
+
+/// The playout-delay hint (RTP header extension, min = max = 0) a viewer
+/// gets while it catches up from a replayed GOP: the browser then decodes
+/// and shows each frame at once rather than scheduling the squeezed frames
+/// through its jitter buffer. Once caught up, the hint is withdrawn by
+/// sending the unconstrained range for a while (the browser keeps the last
+/// value it saw), so that normal jitter buffering returns.
+#[derive(Debug, Clone, Copy)]
+pub struct StartDelay {
+    zero_until: Instant,
+    restore_until: Instant,
+}
+
+/// What to put in the playout-delay extension of a packet now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayHint {
+    /// min = max = 0: render as soon as decoded.
+    Zero,
+    /// min = 0, max = the largest the extension can say: no constraint.
+    Unconstrained,
+}
+
+impl StartDelay {
+    /// From `now`, `zero` of zero delay, then `restore` of withdrawing it.
+    pub fn new(now: Instant, zero: Duration, restore: Duration) -> StartDelay {
+        StartDelay {
+            zero_until: now + zero,
+            restore_until: now + zero + restore,
+        }
+    }
+
+    /// The hint for a packet sent at `now`; None once the start is over.
+    pub fn hint(&self, now: Instant) -> Option<DelayHint> {
+        if now < self.zero_until {
+            Some(DelayHint::Zero)
+        } else if now < self.restore_until {
+            Some(DelayHint::Unconstrained)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer(ready: bool, age_ms: u64, bytes: usize) -> GopOffer {
+        GopOffer {
+            ready,
+            age: Duration::from_millis(age_ms),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_young_target_gop_is_replayed_as_is() {
+        let young = Duration::from_millis(500);
+        let offers = [offer(true, 300, 400_000), offer(true, 300, 40_000)];
+        assert_eq!(replay_layer(0, &offers, young, 1_000_000), Some(0));
+    }
+
+    #[test]
+    fn an_old_gop_is_replayed_from_the_smallest_layer_within_the_budget() {
+        let young = Duration::from_millis(500);
+        // h, m, l of a 2 s GOP, 1.5 s old.
+        let offers = [
+            offer(true, 1500, 320_000),
+            offer(true, 1500, 110_000),
+            offer(true, 1500, 37_000),
+        ];
+        assert_eq!(replay_layer(0, &offers, young, 256_000), Some(2));
+        // The lowest layer not cached (yet): the next smallest.
+        let offers = [offers[0], offers[1], offer(false, 0, 0)];
+        assert_eq!(replay_layer(0, &offers, young, 256_000), Some(1));
+        // One layer only (RTMP): itself, if within the budget, else wait.
+        assert_eq!(
+            replay_layer(0, &[offer(true, 1500, 200_000)], young, 256_000),
+            Some(0)
+        );
+        assert_eq!(
+            replay_layer(0, &[offer(true, 1500, 300_000)], young, 256_000),
+            None
+        );
+        assert_eq!(replay_layer(0, &[offer(false, 0, 0)], young, 256_000), None);
+        assert_eq!(replay_layer(0, &[], young, 256_000), None);
+    }
+
+    #[test]
+    fn start_delay_is_zero_then_withdrawn_then_gone() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let d = StartDelay::new(t0, ms(2000), ms(1000));
+        assert_eq!(d.hint(t0), Some(DelayHint::Zero));
+        assert_eq!(d.hint(t0 + ms(1999)), Some(DelayHint::Zero));
+        assert_eq!(d.hint(t0 + ms(2000)), Some(DelayHint::Unconstrained));
+        assert_eq!(d.hint(t0 + ms(2999)), Some(DelayHint::Unconstrained));
+        assert_eq!(d.hint(t0 + ms(3000)), None);
+    }
 
     fn pkt(seq: u64, key: bool, len: usize) -> CachedPacket {
         CachedPacket {
