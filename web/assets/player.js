@@ -37,6 +37,14 @@ const HLS_TYPE = 'application/vnd.apple.mpegurl';
 
 const MODULE_BASE = new URL('..', import.meta.url);
 
+/** What the control bar says; the overlay over the picture says more. */
+const SHORT = {
+  live: 'Live',
+  waiting: 'Waiting for the stream',
+  ended: 'Stream ended',
+  connecting: 'Connecting…',
+};
+
 const ICONS = {
   muted:
     '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 9v6h4l5 4V5L8 9H4z" fill="currentColor"/><path d="M16 9l5 6m0-6l-5 6" stroke="currentColor" stroke-width="2" fill="none" stroke-linecap="round"/></svg>',
@@ -535,14 +543,14 @@ export class DionysiaPlayer extends HTMLElement {
   }
 
   #setState(state, message) {
-    const changed = state !== this.state || this.#els.status.textContent !== message;
+    const changed = state !== this.state || this.#els.message.textContent !== message;
     if (state !== this.state) this.#note(`state:${state}`);
     this.state = state;
     this.dataset.state = state;
     const { status, overlay } = this.#els;
     const live = this.#els['live-badge'];
     status.dataset.state = state;
-    status.textContent = state === 'live' ? 'Live' : message;
+    status.textContent = SHORT[state] ?? message;
     this.#els.message.textContent = message;
     overlay.hidden = state === 'live';
     overlay.dataset.state = state;
@@ -553,7 +561,7 @@ export class DionysiaPlayer extends HTMLElement {
   #emit() {
     this.dispatchEvent(
       new CustomEvent('statechange', {
-        detail: { state: this.state, mode: this.mode, message: this.#els.status.textContent },
+        detail: { state: this.state, mode: this.mode, message: this.#els.message.textContent },
       }),
     );
   }

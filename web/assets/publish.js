@@ -220,9 +220,12 @@ function startStats() {
     for (const out of layers) {
       const prev = last.get(out.id);
       last.set(out.id, out);
+      // Retransmissions include the browser's bandwidth probes (RTX
+      // padding): count media only.
+      const media = (s) => s.bytesSent - (s.retransmittedBytesSent ?? 0);
       const bps =
         prev && out.timestamp > prev.timestamp
-          ? ((out.bytesSent - prev.bytesSent) * 8 * 1000) / (out.timestamp - prev.timestamp)
+          ? ((media(out) - media(prev)) * 8 * 1000) / (out.timestamp - prev.timestamp)
           : 0;
       total += bps;
       const rr = remote.get(out.id);
