@@ -1357,9 +1357,17 @@ impl Engine {
                 e.forwarder.set_target(source);
                 missing.push((e.track, source.layer));
             }
-            let delay = StartDelay::new(now, START_ZERO_DELAY, START_DELAY_RESTORE);
-            e.start_delay = Some(delay);
-            let ext = with_delay_hint(ExtensionValues::default(), DelayHint::Zero);
+            // An old GOP is a burst to catch up through: no jitter buffering
+            // until the viewer is live. A young one is a few frames that
+            // play as they are (and were measured fine without the hint).
+            let old = offers[layer].age >= MAX_REPLAY_AGE;
+            let ext = if old {
+                let delay = StartDelay::new(now, START_ZERO_DELAY, START_DELAY_RESTORE);
+                e.start_delay = Some(delay);
+                with_delay_hint(ExtensionValues::default(), DelayHint::Zero)
+            } else {
+                ExtensionValues::default()
+            };
             // Once per viewer start: worth a line at info.
             info!(
                 session = %peer.session,
