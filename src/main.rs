@@ -69,6 +69,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store.clone(),
     );
     let rooms = store.rooms()?;
+    // RTMP publishers offer their original AAC here; the HLS bridge takes it
+    // untouched instead of transcoding the room's Opus back to AAC.
+    let sources = sfu::SourceRegistry::default();
     // RTMP ingest: a stream key names its room (rtmp://host/live/KEY).
     if let Some(addr) = config.rtmp_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -84,8 +87,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     None
                 }
             });
+        let hooks = webhooks.clone();
+        let rtmp_config = rtmp::ServerConfig {
+            sources: Some(sources.clone()),
+            on_rejected: Some(rtmp::RejectionHook(Arc::new(move |r: rtmp::Rejection| {
+                hooks.emit(
+                    "publisher.rejected",
+                    r.room.as_deref().unwrap_or(""),
+                    serde_json::json!({"reason": r.reason, "ingest": "rtmp", "remote_ip": r.remote_ip.to_string()}),
+                );
+            }))),
+            ..rtmp::ServerConfig::default()
+        };
         tracing::info!("RTMP ingest on {addr}");
-        tokio::spawn(rtmp::serve(listener, sfu.clone(), keys));
+        tokio::spawn(rtmp::serve_with(listener, sfu.clone(), keys, rtmp_config));
     }
     let keys = webhooks::KnownKeys::default();
     for r in &rooms {
@@ -125,7 +140,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .merge(web::router())
         .merge(hls_bridge::router(
             sfu.clone(),
-            hls_bridge::HlsConfig::default(),
+            hls_bridge::HlsConfig {
+                sources: Some(sources),
+                ..hls_bridge::HlsConfig::default()
+            },
         ))
         .layer(axum::middleware::from_fn_with_state(
             rooms::HlsGate {

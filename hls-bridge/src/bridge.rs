@@ -601,6 +601,18 @@ impl Bridge {
         Ok(r.push_audio(timestamp, 1024, data, now))
     }
 
+    /// Call once every track is added: with no video rendition (an
+    /// audio-only publish) the audio renditions cut their own segments
+    /// instead of waiting for a video keyframe that never comes.
+    pub fn tracks_complete(&mut self) {
+        if self.leader.is_some() {
+            return;
+        }
+        for r in self.renditions.iter_mut().filter(|r| !r.is_video()) {
+            r.timeline.lead_boundaries();
+        }
+    }
+
     /// Audio segments start where the leading video's do.
     fn follow_leader(&mut self) {
         let Some(leader) = self.leader else { return };
@@ -724,6 +736,27 @@ impl Bridge {
                 })
             })
             .collect();
+        let audio_only = !self.renditions.iter().any(|r| r.is_video());
+        if audio_only {
+            // An audio-only publish: each audio rendition is a variant of
+            // its own (RFC 8216 §4.3.4.2 allows a variant without video).
+            variants = audio
+                .iter()
+                .filter_map(|r| {
+                    let (peak, avg) = r.bitrate()?;
+                    Some(Variant {
+                        uri: format!("{prefix}{}/{}", r.name, playlist::MEDIA_PLAYLIST),
+                        bandwidth: peak,
+                        average_bandwidth: Some(avg),
+                        codecs: r.codec()?.codec_string(),
+                        resolution: None,
+                        frame_rate: None,
+                        audio_group: None,
+                    })
+                })
+                .collect();
+            return (!variants.is_empty()).then(|| playlist::multivariant_playlist(&variants, &[]));
+        }
         if variants.is_empty() {
             return None;
         }

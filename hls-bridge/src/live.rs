@@ -57,6 +57,50 @@ pub struct Skipped {
     pub codec: TapCodec,
 }
 
+/// The publisher's original AAC-LC, offered by its ingest beside the RTP
+/// (an RTMP encoder's audio: see [`sfu::SourceRegistry`]). When a publish
+/// has one, the `audio` rendition carries it untouched instead of
+/// transcoding the room's Opus back to AAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceAac {
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
+impl SourceAac {
+    /// The source if the bridge can carry it as is: AAC-LC (object type 2)
+    /// at a rate and channel count an `esds` can describe.
+    pub fn from_source(audio: &sfu::SourceAudio) -> Option<SourceAac> {
+        let supported = audio.object_type == 2
+            && crate::fmp4::CodecConfig::aac_audio_specific_config(
+                audio.sample_rate,
+                audio.channels,
+            )
+            .is_some();
+        supported.then_some(SourceAac {
+            sample_rate: audio.sample_rate,
+            channels: audio.channels,
+        })
+    }
+}
+
+/// The source AAC rendition and its sample clock.
+#[derive(Debug)]
+struct SourceRoute {
+    track: TrackId,
+    rendition: usize,
+    sample_rate: u32,
+    /// Sample time of the next frame if it follows the last one.
+    next: Option<u64>,
+}
+
+/// A source frame further than this from where the last one ended starts
+/// the sample clock afresh (the encoder's clock jumped, or frames were lost).
+const SOURCE_RESYNC_MS: u64 = 100;
+
+/// Samples in an AAC-LC frame.
+const AAC_FRAME_SAMPLES: u64 = 1024;
+
 /// One publish (one `Live` generation) of a room.
 #[derive(Debug)]
 pub struct LiveSession {
@@ -68,6 +112,7 @@ pub struct LiveSession {
     skipped: Vec<Skipped>,
     /// Reused for the AAC frames of one packet.
     frames: Vec<AacFrame>,
+    source: Option<SourceRoute>,
 }
 
 /// What one packet did.
@@ -121,6 +166,19 @@ impl LiveSession {
         audio: AudioOutput,
         epoch_unix_ms: u64,
     ) -> LiveSession {
+        LiveSession::with_source(tracks, config, audio, epoch_unix_ms, None)
+    }
+
+    /// Like [`LiveSession::new`]; with `source`, the `audio` rendition is
+    /// the publisher's original AAC (fed by [`LiveSession::push_source_aac`])
+    /// and the room's Opus tracks are not bridged.
+    pub fn with_source(
+        tracks: &[TapTrack],
+        config: BridgeConfig,
+        audio: AudioOutput,
+        epoch_unix_ms: u64,
+        source: Option<SourceAac>,
+    ) -> LiveSession {
         let mut bridge = Bridge::new(config, epoch_unix_ms);
         let mut renditions = Vec::new();
         let mut routes = Vec::new();
@@ -162,6 +220,9 @@ impl LiveSession {
                     }));
                 }
                 nth_video += 1;
+            } else if source.is_some() {
+                // The original AAC replaces the Opus made from it.
+                continue;
             } else {
                 let name = audio_rendition_name(nth_audio);
                 let channels = t.channels.unwrap_or(2).clamp(1, 2);
@@ -185,12 +246,58 @@ impl LiveSession {
             }
             routes[t.index] = layer_routes;
         }
+        let source = source.and_then(|s| {
+            let name = audio_rendition_name(0);
+            let track = bridge
+                .add_aac_track(&name, s.sample_rate, s.channels)
+                .ok()?;
+            Some(SourceRoute {
+                track,
+                rendition: push_name(&mut renditions, name),
+                sample_rate: s.sample_rate,
+                next: None,
+            })
+        });
+        bridge.tracks_complete();
         LiveSession {
             bridge,
             renditions,
             routes,
             skipped,
             frames: Vec::new(),
+            source,
+        }
+    }
+
+    /// Whether the audio rendition is the publisher's original AAC.
+    pub fn has_source_audio(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Feeds one original AAC access unit (presentation time `pts_ms` on
+    /// the encoder's clock) that arrived `now` after the session's epoch.
+    /// Frames that follow each other get sample times exactly 1024 apart
+    /// (the millisecond clock of FLV would make them jitter).
+    pub fn push_source_aac(&mut self, pts_ms: u32, data: Bytes, now: Duration) -> Pushed {
+        let Some(source) = &mut self.source else {
+            return Pushed::default();
+        };
+        let rate = source.sample_rate as u64;
+        let at = pts_ms as u64 * rate / 1000;
+        let ts = match source.next {
+            Some(next) if at.abs_diff(next) <= SOURCE_RESYNC_MS * rate / 1000 => next,
+            _ => at,
+        };
+        source.next = Some(ts + AAC_FRAME_SAMPLES);
+        match self
+            .bridge
+            .push_aac_frame(source.track, ts as u32, data, now)
+        {
+            Ok(progress) => Pushed {
+                rendition: Some(source.rendition),
+                progress,
+            },
+            Err(_) => Pushed::default(),
         }
     }
 
@@ -354,6 +461,101 @@ mod tests {
         let audio = s.bridge.rendition("audio").unwrap();
         assert_eq!(audio.codec().unwrap().codec_string(), "mp4a.40.2");
         let _ = frames_seen;
+    }
+
+    /// A stand-in for one raw AAC-LC frame (the bridge does not decode it).
+    fn aac_frame(i: u32) -> Bytes {
+        Bytes::from(vec![0x21, 0x10, (i & 0xff) as u8, 0x80])
+    }
+
+    #[test]
+    fn source_aac_replaces_the_opus_and_keeps_the_encoders_rate() {
+        let source = SourceAac {
+            sample_rate: 44_100,
+            channels: 2,
+        };
+        let mut s = LiveSession::with_source(
+            &tracks(),
+            BridgeConfig::default(),
+            AudioOutput::Aac,
+            0,
+            Some(source),
+        );
+        assert!(s.has_source_audio());
+        assert_eq!(s.renditions(), ["video-h", "video-m", "video-l", "audio"]);
+        // The room's Opus goes nowhere: the source is the audio.
+        let opus = RtpPacket {
+            seq: 1,
+            timestamp: 960,
+            marker: false,
+            payload: Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+        };
+        assert_eq!(
+            s.push(&tap_packet(0, 0, 111, &opus), Duration::ZERO)
+                .rendition,
+            None
+        );
+        let pushed = s.push_source_aac(0, aac_frame(0), Duration::ZERO);
+        assert_eq!(pushed.rendition, Some(3));
+        let audio = s.bridge.rendition("audio").unwrap();
+        assert_eq!(
+            audio.codec(),
+            Some(&crate::fmp4::CodecConfig::AacLc {
+                sample_rate: 44_100,
+                channels: 2
+            })
+        );
+        assert_eq!(audio.timeline().timescale(), 44_100);
+    }
+
+    #[test]
+    fn an_audio_only_source_cuts_its_own_segments_and_is_a_variant() {
+        let source = SourceAac {
+            sample_rate: 48_000,
+            channels: 1,
+        };
+        let mut s = LiveSession::with_source(
+            &[],
+            BridgeConfig::default(),
+            AudioOutput::Aac,
+            0,
+            Some(source),
+        );
+        // 4 s of frames with FLV's millisecond jitter (21 or 22 ms apart).
+        for i in 0..188u32 {
+            let pts_ms = i * 1024 * 1000 / 48_000;
+            let now = Duration::from_millis(pts_ms as u64);
+            s.push_source_aac(pts_ms, aac_frame(i), now);
+        }
+        let audio = s.bridge.rendition("audio").unwrap();
+        let segments: Vec<_> = audio.timeline().listed_segments().collect();
+        assert!(segments.len() >= 3, "{}", segments.len());
+        // Sample times exactly 1024 apart despite the millisecond clock.
+        for seg in &segments {
+            assert_eq!(seg.start % 1024, 0, "segment at {}", seg.start);
+        }
+        let text = s.bridge.multivariant_playlist().unwrap();
+        assert!(text.contains("CODECS=\"mp4a.40.2\""), "{text}");
+        assert!(
+            !text.contains("RESOLUTION") && !text.contains("TYPE=AUDIO"),
+            "{text}"
+        );
+        assert!(text.contains("audio/media.m3u8"), "{text}");
+    }
+
+    #[test]
+    fn only_aac_lc_sources_are_taken() {
+        let registry = sfu::SourceRegistry::default();
+        let _he = registry.publish_audio("r", &[0x2b, 0x92], 5, 44_100, 2);
+        assert_eq!(SourceAac::from_source(&registry.audio("r").unwrap()), None);
+        let _lc = registry.publish_audio("r", &[0x12, 0x10], 2, 44_100, 2);
+        assert_eq!(
+            SourceAac::from_source(&registry.audio("r").unwrap()),
+            Some(SourceAac {
+                sample_rate: 44_100,
+                channels: 2
+            })
+        );
     }
 
     #[test]

@@ -34,12 +34,12 @@ use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use sfu::{Sfu, TapEvent};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 use wish::Problem;
 
 use crate::bridge::BridgeConfig;
-use crate::live::{AudioOutput, LiveSession};
+use crate::live::{AudioOutput, LiveSession, Pushed, SourceAac};
 use crate::playlist::{MEDIA_PLAYLIST, MULTIVARIANT_PLAYLIST};
 use crate::{Decision, Edge, PlaylistQuery, Resource};
 
@@ -74,6 +74,10 @@ pub struct HlsConfig {
     /// How far ahead of the part being written a part request may be and
     /// still be held until that part starts.
     pub parts_ahead: u64,
+    /// Where in-process ingests (RTMP) offer the publisher's original
+    /// audio: a room with an AAC-LC source serves it untouched rather than
+    /// its Opus transcoded back to AAC. `None`: always from the room's RTP.
+    pub sources: Option<sfu::SourceRegistry>,
 }
 
 impl Default for HlsConfig {
@@ -85,6 +89,7 @@ impl Default for HlsConfig {
             idle_timeout: Duration::from_secs(60),
             startup_wait: Duration::from_secs(6),
             parts_ahead: 2,
+            sources: None,
         }
     }
 }
@@ -269,10 +274,33 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
     let mut tap = hls.sfu.tap(&name);
     let mut current: Option<(Arc<Session>, Instant)> = None;
+    // The publisher's original AAC, when its ingest offers it.
+    let mut source: Option<broadcast::Receiver<sfu::SourceAudioFrame>> = None;
     let mut idle = tokio::time::interval(IDLE_CHECK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let source_frame = async {
+            match &mut source {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            frame = source_frame => match frame {
+                Ok(frame) => {
+                    let Some((session, started)) = &current else { continue };
+                    let now = frame.arrival.saturating_duration_since(*started);
+                    let pushed = lock(&session.live).push_source_aac(
+                        frame.pts_ms,
+                        Bytes::copy_from_slice(&frame.data),
+                        now,
+                    );
+                    notify(session, pushed);
+                }
+                // Fell behind: the sample clock resyncs on the next frame.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => source = None,
+            },
             event = tap.events.recv() => match event {
                 None => break,
                 Some(TapEvent::Live { generation, tracks }) => {
@@ -282,14 +310,24 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                         old.publish_all(&live);
                     }
                     let epoch = unix_ms();
-                    let live = LiveSession::new(&tracks, hls.config.bridge, hls.config.audio, epoch);
+                    let offered = hls.config.sources.as_ref().and_then(|s| s.audio(&name));
+                    let source_aac = offered.as_deref().and_then(SourceAac::from_source);
+                    source = offered.filter(|_| source_aac.is_some()).map(|a| a.subscribe());
+                    let live = LiveSession::with_source(
+                        &tracks,
+                        hls.config.bridge,
+                        hls.config.audio,
+                        epoch,
+                        source_aac,
+                    );
                     for s in live.skipped() {
                         warn!(room = %name, track = s.track, codec = ?s.codec,
                             "hls: track not bridged (only H.264 video and Opus audio are)");
                     }
                     let session = Arc::new(Session::new(live, session_id(epoch)));
                     info!(room = %name, generation, session = %session.id,
-                        renditions = ?lock(&session.live).renditions(), "hls: publish");
+                        renditions = ?lock(&session.live).renditions(),
+                        source_audio = ?source_aac, "hls: publish");
                     room.session.send_replace(Some(session.clone()));
                     current = Some((session, Instant::now()));
                 }
@@ -297,27 +335,12 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                     let Some((session, started)) = &current else { continue };
                     let now = packet.arrival.saturating_duration_since(*started);
                     let pushed = lock(&session.live).push(&packet, now);
-                    let Some(index) = pushed.rendition else { continue };
-                    let progress = pushed.progress;
-                    let watch = &session.renditions[index];
-                    if progress.part {
-                        let edge = lock(&session.live)
-                            .bridge
-                            .rendition(&watch.name)
-                            .map(|r| r.edge());
-                        if let Ok(edge) = edge {
-                            watch.edge.send_replace(edge);
-                        }
-                        session.parts.send_modify(|c| *c += 1);
-                    }
-                    if progress.part || progress.chunk {
-                        watch.chunks.send_modify(|c| *c += 1);
-                    }
-                    if progress.keyframe_wanted {
+                    if notify(session, pushed) {
                         tap.request_keyframe(packet.track, packet.layer);
                     }
                 }
                 Some(TapEvent::Ended) => {
+                    source = None;
                     if let Some((session, _)) = &current {
                         let mut live = lock(&session.live);
                         live.bridge.end();
@@ -341,6 +364,30 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
     drop(rooms);
     room.session.send_replace(None);
     info!(room = %name, "hls: room no longer bridged");
+}
+
+/// Wakes whoever waits on what a push published; says whether the
+/// rendition wants a keyframe from the publisher.
+fn notify(session: &Session, pushed: Pushed) -> bool {
+    let Some(index) = pushed.rendition else {
+        return false;
+    };
+    let progress = pushed.progress;
+    let watch = &session.renditions[index];
+    if progress.part {
+        let edge = lock(&session.live)
+            .bridge
+            .rendition(&watch.name)
+            .map(|r| r.edge());
+        if let Ok(edge) = edge {
+            watch.edge.send_replace(edge);
+        }
+        session.parts.send_modify(|c| *c += 1);
+    }
+    if progress.part || progress.chunk {
+        watch.chunks.send_modify(|c| *c += 1);
+    }
+    progress.keyframe_wanted
 }
 
 // ---------------------------------------------------------------- handlers

@@ -234,6 +234,12 @@ impl Timeline {
         self.follower = true;
     }
 
+    /// Undoes [`Timeline::follow_boundaries`]: an audio rendition with no
+    /// video to follow (an audio-only publish) cuts its own segments.
+    pub fn lead_boundaries(&mut self) {
+        self.follower = false;
+    }
+
     /// Adds a sample whose decode time is `dts` (ticks). `new_init` forces a
     /// segment boundary here for a new init segment (the sample must be a
     /// keyframe). Says whether a part (or a chunk of the open part) was

@@ -9,9 +9,11 @@
 //!        keys(stream key) → room? ── no ─► reject_publish(BadName) + warn!, close
 //!                                └─ yes ─► accept_publish
 //!   first video frame ─► Sfu::publish_internal(room, "rtmp", [H264, Opus])
+//!   (no video announced, or 1 s of audio and no video config: audio only)
 //!     video: no B-frames ─► H264Packetizer ─► InternalPublisher (passthrough)
 //!            B-frames    ─► VideoReencoder thread (openh264) ─► InternalPublisher
 //!     audio: AAC ─► AacToOpus ─► InternalPublisher
+//!            AAC-LC as it came ─► SourceRegistry (the HLS bridge serves it untouched)
 //!   signals: KeyframeWanted ─► re-encoder IDR · Ended ─► close the connection
 //! ```
 //!
@@ -19,17 +21,23 @@
 //! stops sending) is closed; nothing it does reaches another connection or
 //! room. Stream keys are never logged.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sfu::{IngestCodec, IngestPacket, IngestSignal, InternalPublisher, Sfu};
+use sfu::{
+    IngestCodec, IngestPacket, IngestSignal, InternalPublisher, Sfu, SourceAudioPublisher,
+    SourceRegistry,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::amf0::Value;
+use crate::flv::AudioSpecificConfig;
 use crate::h264::{AvcDecoderConfig, Sps};
 use crate::transcode::{AacToOpus, ReencodeConfig, VideoReencoder, VideoTrack};
 use crate::{
@@ -44,12 +52,38 @@ pub type StreamKeys = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// What an accepted RTMP publication appears as in the room API.
 pub const INGEST_NAME: &str = "rtmp";
 
+/// A refused publish, for the binary's `publisher.rejected` webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The room the key named, when it named one.
+    pub room: Option<String>,
+    /// `unknown stream key` or `already live`.
+    pub reason: &'static str,
+    pub remote_ip: IpAddr,
+}
+
+/// Called on every refused publish (never with the stream key).
+#[derive(Clone)]
+pub struct RejectionHook(pub Arc<dyn Fn(Rejection) + Send + Sync>);
+
+impl std::fmt::Debug for RejectionHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RejectionHook")
+    }
+}
+
+/// Without a video config after this much audio, a stream is audio-only.
+const AUDIO_ONLY_AFTER_MS: u32 = 1000;
+
 /// Tunables of the RTMP server; the defaults run out of the box.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub session: SessionConfig,
     /// Connections served at once; more are closed at accept.
     pub max_connections: usize,
+    /// Connections served at once from one source IP address; more from it
+    /// are closed at accept, so one host cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// From accept to an accepted `publish`: bounds truncated handshakes
     /// and connections that never get to the point.
     pub handshake_timeout: Duration,
@@ -60,6 +94,11 @@ pub struct ServerConfig {
     pub reencode: ReencodeConfig,
     /// Re-encode streams with B-frames (else they pass through and viewers stutter).
     pub reencode_b_frames: bool,
+    /// Where the encoder's original AAC-LC is offered while it publishes
+    /// (the HLS bridge serves it untouched); `None`: not offered.
+    pub sources: Option<SourceRegistry>,
+    /// Told about every refused publish.
+    pub on_rejected: Option<RejectionHook>,
 }
 
 impl Default for ServerConfig {
@@ -67,11 +106,14 @@ impl Default for ServerConfig {
         ServerConfig {
             session: SessionConfig::default(),
             max_connections: 64,
+            max_connections_per_ip: 8,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             opus_bitrate: 96_000,
             reencode: ReencodeConfig::default(),
             reencode_b_frames: true,
+            sources: None,
+            on_rejected: None,
         }
     }
 }
@@ -86,6 +128,7 @@ pub async fn serve(listener: TcpListener, sfu: Sfu, keys: StreamKeys) {
 pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, config: ServerConfig) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_ip = PerIp::default();
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -96,13 +139,17 @@ pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, confi
                 continue;
             }
         };
+        let Some(ip_slot) = per_ip.acquire(peer.ip(), config.max_connections_per_ip) else {
+            debug!(%peer, "RTMP connection refused: {} connections open from this address", config.max_connections_per_ip);
+            continue; // dropping `sock` closes it
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "RTMP connection refused: {} connections open", config.max_connections);
-            continue; // dropping `sock` closes it
+            continue;
         };
         let (sfu, keys, config) = (sfu.clone(), keys.clone(), config.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, ip_slot);
             let _ = sock.set_nodelay(true);
             let mut conn = Connection::new(peer, sfu, keys, config);
             let result = conn.run(sock).await;
@@ -128,6 +175,43 @@ pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, confi
     }
 }
 
+/// Open connections per source address.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerIp`]; released when dropped.
+struct IpSlot {
+    table: PerIp,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = table.entry(ip).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = table.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The SDP `profile-level-id` a room offers viewers for this SPS.
 ///
 /// str0m matches H.264 by exact profile (RFC 6184 §8.2.2), and browsers
@@ -145,8 +229,6 @@ pub fn advertised_profile_level_id(sps: &Sps) -> u32 {
         _ => 0x42e000 | level,
     }
 }
-
-const AUDIO_TRACK: usize = 1;
 
 /// One RTMP connection's state above the session: what it publishes where.
 struct Connection {
@@ -169,6 +251,14 @@ struct Connection {
     video_track: Option<VideoTrack>,
     reencoder: Option<VideoReencoder>,
     aac: Option<AacToOpus>,
+    /// The AAC config, kept to offer the original audio to the HLS bridge.
+    aac_config: Option<AudioSpecificConfig>,
+    source_audio: Option<SourceAudioPublisher>,
+    /// The Opus track's index in the publication.
+    audio_track: usize,
+    /// What `onMetaData` said: `Some(false)` when it announced no video.
+    video_announced: Option<bool>,
+    first_audio_ms: Option<u32>,
     audio_seq: u64,
     rtp: Vec<crate::RtpPayload>,
     bad_video_tags: u64,
@@ -198,6 +288,11 @@ impl Connection {
             video_track: None,
             reencoder: None,
             aac: None,
+            aac_config: None,
+            source_audio: None,
+            audio_track: 1,
+            video_announced: None,
+            first_audio_ms: None,
             audio_seq: 0,
             rtp: Vec::new(),
             bad_video_tags: 0,
@@ -284,7 +379,7 @@ impl Connection {
                     self.video_events = events;
                 }
                 Event::Audio { timestamp, data } => match self.audio.push(timestamp, &data) {
-                    Ok(Some(event)) => self.on_audio(event),
+                    Ok(Some(event)) => self.on_audio(event).await?,
                     Ok(None) => {}
                     Err(e) => debug!(peer = %self.peer, "bad audio tag: {e}"),
                 },
@@ -293,10 +388,19 @@ impl Connection {
                     self.reencoder = None;
                     self.video_track = None;
                     self.publisher = None;
+                    self.source_audio = None;
                     self.signals = None;
                     self.finished = true;
                 }
-                Event::Connected { .. } | Event::Metadata(_) => {}
+                Event::Metadata(props) => {
+                    // ffmpeg and OBS list `videocodecid` only when they send video.
+                    if self.video_announced.is_none() {
+                        self.video_announced = Some(props.iter().any(|(k, v)| {
+                            k == "videocodecid" && !matches!(v, Value::Null | Value::Undefined)
+                        }));
+                    }
+                }
+                Event::Connected { .. } => {}
             }
         }
         Ok(())
@@ -307,6 +411,7 @@ impl Connection {
         let key = stream_key.split('?').next().unwrap_or_default();
         let Some(room) = (self.keys)(key) else {
             warn!(peer = %self.peer, app, "RTMP publish refused: unknown stream key");
+            self.rejected(None, "unknown stream key");
             let _ = self
                 .session
                 .reject_publish(PublishRejection::BadName, "Unknown stream key.");
@@ -314,6 +419,7 @@ impl Connection {
         };
         if self.sfu.is_live(&room).await {
             warn!(peer = %self.peer, room, "RTMP publish refused: the room already has a publisher");
+            self.rejected(Some(room), "already live");
             let _ = self.session.reject_publish(
                 PublishRejection::BadName,
                 "This stream key is already live.",
@@ -323,6 +429,16 @@ impl Connection {
         if self.session.accept_publish().is_ok() {
             info!(peer = %self.peer, room, "RTMP publish accepted");
             self.room = Some(room);
+        }
+    }
+
+    fn rejected(&self, room: Option<String>, reason: &'static str) {
+        if let Some(hook) = &self.config.on_rejected {
+            (hook.0)(Rejection {
+                room,
+                reason,
+                remote_ip: self.peer.ip(),
+            });
         }
     }
 
@@ -352,7 +468,7 @@ impl Connection {
         if self.finished {
             return Ok(());
         }
-        if self.publisher.is_none() {
+        if self.publisher.is_none() && self.avc.is_some() {
             self.start_publication().await?;
         }
         if self.b_frames && self.reencoder.is_none() && self.config.reencode_b_frames {
@@ -381,13 +497,13 @@ impl Connection {
         Ok(())
     }
 
-    fn on_audio(&mut self, event: AudioEvent) {
+    async fn on_audio(&mut self, event: AudioEvent) -> Result<(), String> {
         match event {
             AudioEvent::Config(config) => {
                 if self.publisher.is_some() && self.aac.is_none() {
                     // Tracks are fixed at publication; audio announced late is not carried.
                     debug!(peer = %self.peer, "AAC config after the publication started: audio ignored");
-                    return;
+                    return Ok(());
                 }
                 match AacToOpus::new(&config, self.config.opus_bitrate) {
                     Ok(t) => self.aac = Some(t),
@@ -396,15 +512,29 @@ impl Connection {
                         self.aac = None;
                     }
                 }
+                self.aac_config = Some(config);
             }
             AudioEvent::Frame(frame) => {
+                if self.publisher.is_none() && !self.finished && self.aac.is_some() {
+                    let first = *self.first_audio_ms.get_or_insert(frame.pts_ms);
+                    let waited = frame.pts_ms.wrapping_sub(first);
+                    let audio_only = self.avc.is_none()
+                        && (self.video_announced == Some(false) || waited >= AUDIO_ONLY_AFTER_MS);
+                    if audio_only {
+                        self.start_publication().await?;
+                    }
+                }
+                if let Some(source) = &self.source_audio {
+                    source.send(frame.pts_ms, &frame.data);
+                }
                 let (Some(aac), Some(publisher)) = (&mut self.aac, &self.publisher) else {
-                    return;
+                    return Ok(());
                 };
                 let seq = &mut self.audio_seq;
+                let track = self.audio_track;
                 aac.push(frame.pts_ms, &frame.data, |timestamp, opus| {
                     publisher.send(
-                        AUDIO_TRACK,
+                        track,
                         IngestPacket {
                             seq_no: *seq,
                             timestamp,
@@ -419,6 +549,7 @@ impl Connection {
                 warn!(peer = %self.peer, "RTMP audio codec {codec:?} is not supported (AAC-LC only): video only");
             }
         }
+        Ok(())
     }
 
     /// Joins the room once the first frame shows what the tracks are.
@@ -426,22 +557,45 @@ impl Connection {
         let Some(room) = self.room.clone() else {
             return Err("media before an accepted publish".into());
         };
-        let Some((_, sps)) = &self.avc else {
-            return Ok(());
+        let mut tracks = Vec::new();
+        let video = match &self.avc {
+            Some((_, sps)) => {
+                let profile_level_id = if self.b_frames && self.config.reencode_b_frames {
+                    0x42e000 | sps.level_idc as u32 // openh264 writes constrained baseline
+                } else {
+                    advertised_profile_level_id(sps)
+                };
+                tracks.push(IngestCodec::H264 { profile_level_id });
+                format!(
+                    "H.264 {}x{} {}",
+                    sps.width,
+                    sps.height,
+                    sps.profile_level_id()
+                )
+            }
+            None if self.aac.is_some() => "none".to_owned(),
+            None => return Ok(()),
         };
-        let profile_level_id = if self.b_frames && self.config.reencode_b_frames {
-            0x42e000 | sps.level_idc as u32 // openh264 writes constrained baseline
-        } else {
-            advertised_profile_level_id(sps)
-        };
-        let mut tracks = vec![IngestCodec::H264 { profile_level_id }];
         if self.aac.is_some() {
             // RFC 7587: Opus is always `opus/48000/2` in SDP, whatever the
             // stream holds (a mono stream's packets say so themselves), and
             // browsers match on it: announcing 1 channel would lose the audio.
+            self.audio_track = tracks.len();
             tracks.push(IngestCodec::Opus { channels: 2 });
         }
-        let (width, height, profile) = (sps.width, sps.height, sps.profile_level_id());
+        // Offered before the room goes live, so that the HLS bridge finds
+        // it when it sees the publish.
+        if let (Some(sources), Some(c)) = (&self.config.sources, &self.aac_config) {
+            if let Some(channels) = c.channels().filter(|_| c.object_type == 2) {
+                self.source_audio = Some(sources.publish_audio(
+                    &room,
+                    &c.raw,
+                    c.object_type,
+                    c.sample_rate,
+                    channels,
+                ));
+            }
+        }
         let mut publisher = self
             .sfu
             .publish_internal(&room, INGEST_NAME, tracks)
@@ -454,16 +608,22 @@ impl Connection {
             peer = %self.peer,
             room,
             session = publisher.session(),
-            video = %format_args!("H.264 {width}x{height} {profile}"),
-            audio = if self.aac.is_some() { "AAC → Opus" } else { "none" },
+            video,
+            audio = match (&self.aac, &self.source_audio) {
+                (Some(_), Some(_)) => "AAC → Opus; AAC as it came for HLS",
+                (Some(_), None) => "AAC → Opus",
+                _ => "none",
+            },
             b_frames = self.b_frames,
             "RTMP publication started"
         );
-        self.video_track = Some(VideoTrack {
-            publisher: publisher.clone(),
-            index: 0,
-            next_seq: 0,
-        });
+        if self.avc.is_some() {
+            self.video_track = Some(VideoTrack {
+                publisher: publisher.clone(),
+                index: 0,
+                next_seq: 0,
+            });
+        }
         self.publisher = Some(publisher);
         Ok(())
     }

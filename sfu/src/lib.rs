@@ -26,14 +26,18 @@ mod gop;
 mod ingest;
 mod layers;
 mod picture;
+mod source;
 mod stun;
 mod tap;
 
 pub use config::SfuConfig;
 pub use driver::Sfu;
-pub use engine::ACCEPTED_CODECS;
+pub use engine::{SubscribeOptions, ACCEPTED_CODECS};
 pub use error::SfuError;
 pub use ingest::{IngestCodec, IngestPacket, IngestSignal, InternalPublisher};
+pub use source::{
+    SourceAudio, SourceAudioFrame, SourceAudioPublisher, SourceRegistry, SOURCE_AUDIO_QUEUE,
+};
 pub use tap::{Tap, TapCodec, TapEvent, TapPacket, TapTrack, TAP_QUEUE};
 
 /// Whether a session sends media into a room or watches it.
