@@ -111,15 +111,18 @@ impl RoomDirectory for StoredRooms {
 impl StoredRooms {
     /// Whether `token` opens room `r` (public rooms need none).
     fn token_access(&self, r: &StoredRoom, token: Option<&str>) -> ViewerAccess {
-        let max_viewers = r.settings.max_viewers.map(|n| n as usize);
+        let allowed = ViewerAccess::Allowed {
+            max_viewers: r.settings.max_viewers.map(|n| n as usize),
+            gop_cache: r.settings.gop_cache,
+        };
         if !r.settings.private {
-            return ViewerAccess::Allowed { max_viewers };
+            return allowed;
         }
         let Some(token) = token else {
             return ViewerAccess::TokenRequired;
         };
         match self.tokens.verify(token, unix_now()) {
-            Ok(c) if c.room == r.name && c.room_id == r.id => ViewerAccess::Allowed { max_viewers },
+            Ok(c) if c.room == r.name && c.room_id == r.id => allowed,
             _ => ViewerAccess::TokenRefused,
         }
     }
@@ -289,10 +292,14 @@ mod tests {
         assert!(!rooms.stream_key_matches("b", "secret"));
         assert_eq!(
             rooms.viewer_access("a", None),
-            ViewerAccess::Allowed { max_viewers: None }
+            ViewerAccess::Allowed {
+                max_viewers: None,
+                gop_cache: true
+            }
         );
         r.settings.private = true;
         r.settings.max_viewers = Some(3);
+        r.settings.gop_cache = false;
         store.update_room(&r).unwrap();
         assert_eq!(rooms.viewer_access("a", None), ViewerAccess::TokenRequired);
         let now = unix_now();
@@ -311,7 +318,8 @@ mod tests {
         assert_eq!(
             rooms.viewer_access("a", Some(&good)),
             ViewerAccess::Allowed {
-                max_viewers: Some(3)
+                max_viewers: Some(3),
+                gop_cache: false
             }
         );
         assert_eq!(

@@ -551,6 +551,69 @@ fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
     let _ = rtmp_finish(publisher, Duration::from_secs(1));
 }
 
+/// An aiortc WHEP viewer (tests/interop/whep_view.py) watching `room` for
+/// two seconds once it is live; its report.
+fn aiortc_view(s: &Server, room: &str) -> Value {
+    let interop = repo_root().join("tests/interop");
+    let url = s.url(&format!("/whep/{room}"));
+    let (ok, report, stderr) = common::run_json_lenient(
+        &common::aiortc_python(),
+        &[
+            interop.join("whep_view.py").to_str().unwrap(),
+            "--url",
+            &url,
+            "--seconds",
+            "2",
+            "--wait-live",
+            "15",
+        ],
+        &interop,
+        Duration::from_secs(40),
+    );
+    assert!(ok, "aiortc viewer failed: {report}\n{stderr}");
+    report
+}
+
+/// The `gop_cache` setting decides how a new viewer starts when the
+/// publisher cannot be asked for a keyframe (RTMP): from the cached GOP when
+/// on, from the publisher's next keyframe when off. Either way it plays.
+#[test]
+fn gop_cache_setting_decides_whether_viewers_start_from_the_cache() {
+    let (s, rtmp_port) = start_with_rtmp();
+    let c = client();
+    let room = create_room(&s, json!({"name": "gop"}));
+    let key = room["stream_key"].as_str().unwrap().to_string();
+    let publisher = rtmp_publish(rtmp_port, &key, 40);
+    let get = || json_of(admin(c.get(s.url("/api/v1/rooms/gop"))).send().unwrap());
+    eventually(
+        Duration::from_secs(15),
+        "the RTMP publish to be live",
+        || (get()["live"]["live"] == true).then_some(()),
+    );
+    // Past the first keyframe, so there is a GOP to replay.
+    std::thread::sleep(Duration::from_millis(1500));
+    let replays = || s.log_text().matches("replaying the cached GOP").count();
+
+    let first = aiortc_view(&s, "gop");
+    assert!(first["video_frames"].as_u64().unwrap_or(0) > 0, "{first}");
+    assert_eq!(
+        replays(),
+        1,
+        "gop_cache on: the viewer starts from the cache"
+    );
+
+    let r = admin(c.patch(s.url("/api/v1/rooms/gop")))
+        .json(&json!({"gop_cache": false}))
+        .send()
+        .unwrap();
+    assert_eq!(json_of(r)["settings"]["gop_cache"], false);
+    let second = aiortc_view(&s, "gop");
+    assert!(second["video_frames"].as_u64().unwrap_or(0) > 0, "{second}");
+    assert_eq!(replays(), 1, "gop_cache off: no replay");
+    assert!(s.log_text().contains("gop_cache is off in this room"));
+    let _ = rtmp_finish(publisher, Duration::from_secs(1));
+}
+
 /// Signs a viewer token with the server's key (read from its database), for
 /// the cases the API cannot mint: expired ones.
 fn forge_viewer_token(data_dir: &TempDir, claims: Value) -> String {

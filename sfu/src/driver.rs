@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::{Engine, Outgoing};
+use crate::engine::{Engine, Outgoing, SubscribeOptions};
 use crate::RoomStatus;
 use crate::{
     IceFragment, LayerRequest, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError,
@@ -41,6 +41,7 @@ pub(crate) enum Command {
     Subscribe {
         room: String,
         offer: String,
+        options: SubscribeOptions,
         reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
     },
     Patch {
@@ -177,10 +178,22 @@ impl Sfu {
 
     /// A new viewer of `room` from its (receive-only) SDP offer.
     pub async fn subscribe(&self, room: &str, offer: String) -> Result<SessionAnswer, SfuError> {
+        self.subscribe_with(room, offer, SubscribeOptions::default())
+            .await
+    }
+
+    /// [`Sfu::subscribe`] with the room's choices for this viewer.
+    pub async fn subscribe_with(
+        &self,
+        room: &str,
+        offer: String,
+        options: SubscribeOptions,
+    ) -> Result<SessionAnswer, SfuError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Subscribe {
             room: room.into(),
             offer,
+            options,
             reply,
         })?;
         rx.await.map_err(|_| SfuError::Stopped)?
@@ -497,8 +510,13 @@ fn handle_command(engine: &mut Engine, command: Command) {
         Command::Publish { room, offer, reply } => {
             let _ = reply.send(engine.publish(now, &room, &offer));
         }
-        Command::Subscribe { room, offer, reply } => {
-            let _ = reply.send(engine.subscribe(now, &room, &offer));
+        Command::Subscribe {
+            room,
+            offer,
+            options,
+            reply,
+        } => {
+            let _ = reply.send(engine.subscribe(now, &room, &offer, options));
         }
         Command::Patch {
             info,

@@ -113,6 +113,8 @@ struct Peer {
     last_media: Option<Instant>,
     /// Subscriber: a bandwidth ceiling from heavy loss, and until when.
     loss_cap: Option<(u64, Instant)>,
+    /// Subscriber: may start from a cached GOP (the room's `gop_cache`).
+    gop_replay: bool,
 }
 
 /// One subscriber m-line fed from one room track.
@@ -213,6 +215,20 @@ fn publisher_rtc_config() -> RtcConfig {
         .enable_vp9(true)
         .enable_av1(true)
         .enable_opus(true, false)
+}
+
+/// A room's choices for a new viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Start the viewer from the cached GOP (the room's `gop_cache`
+    /// setting); off, it waits for the next keyframe.
+    pub gop_replay: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions { gop_replay: true }
+    }
 }
 
 /// How often layer rates are measured and viewers' layers chosen.
@@ -458,11 +474,13 @@ impl Engine {
         Ok(answer)
     }
 
+    /// A new viewer of `room`, with the room's choices for it.
     pub fn subscribe(
         &mut self,
         now: Instant,
         room: &str,
         offer: &str,
+        options: SubscribeOptions,
     ) -> Result<SessionAnswer, SfuError> {
         self.check_capacity()?;
         // Live means a publisher now: during a reconnect grace the viewers
@@ -500,6 +518,9 @@ impl Engine {
         };
         *rtc.codec_config() = str0m::format::CodecConfig::new_from_payload_params(params);
         let id = self.create_peer(now, room, Role::Subscriber, rtc);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.gop_replay = options.gop_replay;
+        }
         let answer = self.accept(id, offer)?;
         if let Some(r) = self.rooms.get_mut(room) {
             r.subscribers.push(id);
@@ -677,6 +698,7 @@ impl Engine {
                 estimate: None,
                 last_media: None,
                 loss_cap: None,
+                gop_replay: true,
             },
         );
         id
@@ -1310,6 +1332,14 @@ impl Engine {
                 continue;
             };
             if track.kind != MediaKind::Video || e.forwarder.current().is_some() {
+                continue;
+            }
+            if !peer.gop_replay {
+                info!(
+                    session = %peer.session,
+                    "gop_cache is off in this room; waiting for a keyframe"
+                );
+                missing.push((e.track, source.layer));
                 continue;
             }
             let offers: Vec<GopOffer> = track

@@ -53,8 +53,11 @@ async fn subscribe(
         return Err(Problem::not_found(format!("no room named {room:?}")));
     }
     // Authorize before reading the body, as WHIP does.
-    match w.rooms.viewer_access(&room, wish::bearer(&headers)) {
-        ViewerAccess::Allowed { max_viewers } => {
+    let gop_replay = match w.rooms.viewer_access(&room, wish::bearer(&headers)) {
+        ViewerAccess::Allowed {
+            max_viewers,
+            gop_cache,
+        } => {
             if let Some(max) = max_viewers {
                 let viewers = w
                     .sfu
@@ -70,6 +73,7 @@ async fn subscribe(
                     .retry_after(wish::CAPACITY_RETRY_AFTER));
                 }
             }
+            gop_cache
         }
         ViewerAccess::TokenRequired => {
             return Err(Problem::unauthorized(
@@ -97,10 +101,11 @@ async fn subscribe(
             }
             return Ok(response);
         }
-    }
+    };
     let offer = wish::read_text_body(&headers, body, wish::SDP).await?;
     wish::check_offer(&offer)?;
-    let answer = w.sfu.subscribe(&room, offer).await?;
+    let options = sfu::SubscribeOptions { gop_replay };
+    let answer = w.sfu.subscribe_with(&room, offer, options).await?;
     let location = format!("/whep/{room}/{}", answer.session);
     let layer = format!("<{location}/layer>; rel=\"{LAYER_EXTENSION}\"");
     Ok(wish::created(&w, location, answer, &[layer]))

@@ -48,15 +48,22 @@ pub trait RoomDirectory: Send + Sync + 'static {
     /// unexpired token for that room. The WHEP (and HLS) edges ask.
     fn viewer_access(&self, room: &str, token: Option<&str>) -> ViewerAccess {
         let _ = (room, token);
-        ViewerAccess::Allowed { max_viewers: None }
+        ViewerAccess::Allowed {
+            max_viewers: None,
+            gop_cache: true,
+        }
     }
 }
 
 /// The answer of [`RoomDirectory::viewer_access`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewerAccess {
-    /// Watch; with at most `max_viewers` WebRTC viewers at once, if set.
-    Allowed { max_viewers: Option<usize> },
+    /// Watch; with at most `max_viewers` WebRTC viewers at once, if set,
+    /// starting from the cached GOP if `gop_cache`.
+    Allowed {
+        max_viewers: Option<usize>,
+        gop_cache: bool,
+    },
     /// A private room, and no token was presented.
     TokenRequired,
     /// The token is malformed, expired, or not for this room.
