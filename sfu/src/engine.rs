@@ -496,12 +496,27 @@ impl Engine {
         // codecs we can forward without transcoding.
         // Fresh (unlocked) params: the viewer's offer numbers the payload
         // types its own way, and str0m must be free to adopt its numbers.
-        let params: Vec<PayloadParams> = room_state
+        let mut params: Vec<PayloadParams> = room_state
             .tracks
             .iter()
             .flat_map(|t| t.params.iter())
             .map(|p| PayloadParams::new(p.pt(), p.resend(), p.spec()))
             .collect();
+        // A player offers audio and video whatever the room has (an
+        // audio-only RTMP stream). An m-line with no codec is rejected
+        // (port 0), and when it is the first one, Chromium with max-bundle
+        // fails the whole answer ("Failed to setup RTCP mux"). So accept
+        // it with a codec of its kind; nothing is ever sent on it.
+        for (kind, placeholder) in [
+            (MediaKind::Video, IngestCodec::H264 { profile_level_id: 0x42e01f }),
+            (MediaKind::Audio, IngestCodec::Opus { channels: 2 }),
+        ] {
+            let (_, p) = ingest_params(placeholder);
+            let missing = !room_state.tracks.iter().any(|t| t.kind == kind);
+            if missing && params.iter().all(|q| q.pt() != p.pt()) {
+                params.push(p);
+            }
+        }
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
