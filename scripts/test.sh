@@ -17,6 +17,8 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v ffmpeg >/dev/null || need_pkgs+=(ffmpeg)
 command -v ffprobe >/dev/null || need_pkgs+=(ffmpeg)
 command -v nasm >/dev/null || need_pkgs+=(nasm)
+# A shared cache in front of LL-HLS (tests/hls_cdn_e2e.rs runs nginx as the test user).
+[ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 # GStreamer's webrtcbin driven from Python (tests/interop/gst_whip_publish.py):
 # Debian 12's simple-whip-client aborts at start (libsoup 2 and 3 in one process).
 /usr/bin/python3 -c "import gi; gi.require_version('GstWebRTC','1.0'); gi.require_version('Nice','0.1')" 2>/dev/null \
