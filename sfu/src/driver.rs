@@ -8,7 +8,9 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+#[cfg(not(target_os = "linux"))]
+use quinn_udp::Transmit;
+use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -404,8 +406,9 @@ async fn run(
     info!(%local, "media socket ready");
     let mut storage = vec![[0u8; DATAGRAM_BUF]; BATCH_SIZE];
     let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
+    let mut out = Sender::new(local.is_ipv6());
     loop {
-        flush(&socket, &state, &mut engine).await;
+        out.flush(&socket, &state, &mut engine).await;
         let now = Instant::now();
         let deadline = engine
             .poll_timeout()
@@ -472,12 +475,82 @@ fn receive(
     }
 }
 
-async fn flush(socket: &tokio::net::UdpSocket, state: &UdpSocketState, engine: &mut Engine) {
-    while let Some(out) = engine.poll_transmit() {
-        send(socket, state, &out).await;
+/// Sends what the engine wants sent: in batches of up to 64 datagrams per
+/// `sendmmsg` on Linux, one `sendmsg` each elsewhere.
+struct Sender {
+    #[cfg(target_os = "linux")]
+    batch: crate::sendmmsg::Batch,
+    /// Datagrams taken from the engine, not sent yet (reused).
+    pending: Vec<Outgoing>,
+}
+
+impl Sender {
+    fn new(v6_socket: bool) -> Sender {
+        #[cfg(not(target_os = "linux"))]
+        let _ = v6_socket;
+        Sender {
+            #[cfg(target_os = "linux")]
+            batch: crate::sendmmsg::Batch::new(v6_socket),
+            pending: Vec::new(),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn flush(
+        &mut self,
+        socket: &tokio::net::UdpSocket,
+        _state: &UdpSocketState,
+        engine: &mut Engine,
+    ) {
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        loop {
+            self.pending.clear();
+            while self.pending.len() < crate::sendmmsg::BATCH {
+                match engine.poll_transmit() {
+                    Some(o) => self.pending.push(o),
+                    None => break,
+                }
+            }
+            if self.pending.is_empty() {
+                return;
+            }
+            let mut start = 0;
+            while start < self.pending.len() {
+                let (batch, rest) = (&mut self.batch, &self.pending[start..]);
+                match socket.try_io(Interest::WRITABLE, || batch.send(fd, rest)) {
+                    Ok(0) => start += 1,
+                    Ok(n) => start += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if socket.writable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // The first datagram failed (e.g. an unreachable
+                        // destination): skip it, send the rest.
+                        tracing::debug!(to = %rest[0].destination, "send: {e}");
+                        start += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn flush(
+        &mut self,
+        socket: &tokio::net::UdpSocket,
+        state: &UdpSocketState,
+        engine: &mut Engine,
+    ) {
+        while let Some(out) = engine.poll_transmit() {
+            send(socket, state, &out).await;
+        }
     }
 }
 
+#[cfg(not(target_os = "linux"))]
 async fn send(socket: &tokio::net::UdpSocket, state: &UdpSocketState, out: &Outgoing) {
     let transmit = Transmit {
         destination: out.destination,

@@ -26,6 +26,8 @@ mod gop;
 mod ingest;
 mod layers;
 mod picture;
+#[cfg(target_os = "linux")]
+mod sendmmsg;
 mod source;
 mod stun;
 mod tap;
