@@ -103,6 +103,14 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         ctx("dashboard WHIP URL")
     );
     assert_eq!(d["hlsViewer"], true, "{}", ctx("dashboard: the HLS viewer"));
+    assert_eq!(d["keyRotated"], true, "{}", ctx("dashboard: rotate key"));
+    assert_eq!(
+        d["liveWithNewKey"],
+        true,
+        "{}",
+        ctx("publisher page with the rotated key")
+    );
+    assert_eq!(d["kicked"], true, "{}", ctx("dashboard: kick publisher"));
 
     let p = &report["publish"];
     assert_eq!(p["live"], true, "{}", ctx("publisher page live"));

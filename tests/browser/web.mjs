@@ -89,7 +89,9 @@ await runReport(170000, async (report) => {
   const watch = (page, name) => {
     page.on('pageerror', (err) => report.pageErrors.push(`${name}: ${err.message}`.slice(0, 300)));
     page.on('console', (msg) => {
-      const expected = /status of (409|404|503)/.test(msg.text());
+      // 409 (not live yet), 404 (HLS before the stream), 503 (HLS-only), 401 (the
+      // publisher page's DELETE after its key was rotated) are expected.
+      const expected = /status of (409|404|503|401)/.test(msg.text());
       if (msg.type() === 'error' && !expected) {
         report.pageErrors.push(`${name} console: ${msg.text()}`.slice(0, 300));
       }
@@ -258,12 +260,53 @@ await runReport(170000, async (report) => {
     report.hlsOnly = { live: await waitPlayer(d, isLiveIn, 'hls', 15000) };
     report.hlsOnly.liveAfterMs = Date.now() - dOpened;
     Object.assign(report.hlsOnly, await playerState(d));
+    await d.setViewportSize({ width: 390, height: 844 });
+    await shot(d, 'watch-phone');
     await api('PATCH', `/rooms/${room}`, { webrtc: true });
     await d.close();
 
+    // Dashboard actions: rotate the key, kick the publisher (each button asks
+    // for a second press).
+    await dash.bringToFront();
+    const keyBefore = await card.locator('.stream-key').inputValue();
+    await card.locator('.rotate-btn').click();
+    await card.locator('.rotate-btn').click();
+    report.dashboard.keyRotated = await dash
+      .waitForFunction(
+        ([name, old]) =>
+          document.querySelector(`article.room[data-room="${name}"] .stream-key`).value !== old,
+        [args.room, keyBefore],
+        { timeout: 5000 },
+      )
+      .then(() => true, () => false);
+    // Rotating disconnects the publisher; go live again with the new key, then kick.
+    const newKey = await card.locator('.stream-key').inputValue();
+    await pub.bringToFront();
+    await pub.click('#stop');
+    await pub.fill('#key', newKey);
+    report.dashboard.liveWithNewKey = await goLive();
+    await dash.bringToFront();
+    const liveOnDashboard = (want) =>
+      dash
+        .waitForFunction(
+          ([name, w]) =>
+            document.querySelector(`article.room[data-room="${name}"]`)?.dataset.live === w,
+          [args.room, want],
+          { timeout: 8000, polling: 200 },
+        )
+        .then(() => true, () => false);
+    await liveOnDashboard('true');
+    await card.locator('.kick-btn').click();
+    await card.locator('.kick-btn').click();
+    report.dashboard.kicked = await liveOnDashboard('false');
+    report.dashboard.kickMessage = await card.locator('.action-error').innerText();
+
     // A phone-sized dashboard.
     await dash.setViewportSize({ width: 390, height: 844 });
+    await sleep(2500); // the graphs are redrawn at the next poll
     await shot(dash, 'dashboard-phone');
+    await pub.setViewportSize({ width: 390, height: 844 });
+    await shot(pub, 'publish-phone');
     await pub.click('#stop');
   } finally {
     await udpBlocked?.close();

@@ -243,13 +243,14 @@ function startStats() {
           out.frameWidth ? `${out.frameWidth}×${out.frameHeight}` : 'paused',
           out.framesPerSecond ? String(Math.round(out.framesPerSecond)) : '0',
           formatBitrate(bps),
+          out.targetBitrate ? formatBitrate(out.targetBitrate) : '—',
           loss,
           out.qualityLimitationReason && out.qualityLimitationReason !== 'none'
             ? out.qualityLimitationReason
             : '—',
         ]);
       } else {
-        rows.push(['audio', '—', '—', formatBitrate(bps), loss, '—']);
+        rows.push(['audio', '—', '—', formatBitrate(bps), '—', loss, '—']);
       }
     }
     const body = layerTable.tBodies[0];
