@@ -481,3 +481,158 @@ fn rtmp_wrong_key_is_refused_and_nothing_is_published() {
         "nothing joined the room:\n{log}"
     );
 }
+
+/// The encoder drops its connection and publishes again within the room's
+/// grace period: the WHEP viewer keeps its session (no new WHEP POST, no
+/// ICE restart) and frames resume within a second of the new publish.
+#[test]
+fn rtmp_republish_within_grace_keeps_the_whep_viewer_and_frames_resume() {
+    let _serial = serial();
+    const FIRST: u64 = 7;
+    const VIEW: u64 = 16;
+    let summary = with_retry("RTMP republish", || {
+        let (server, port) = start_server();
+        let first = publish(port, KEY, 0, FIRST);
+        assert!(
+            wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+            "no publication; log:\n{}",
+            server.log_text()
+        );
+        let base = server.base.clone();
+        let viewer = std::thread::spawn(move || {
+            let seconds = VIEW.to_string();
+            let args = [
+                "rtmp-viewers.mjs",
+                "--base",
+                &base,
+                "--room",
+                ROOM,
+                "--seconds",
+                &seconds,
+            ];
+            common::run_json("node", &args, &browser_dir(), Duration::from_secs(90))
+        });
+        // The first encoder stops after FIRST seconds; a new one publishes at once.
+        let (_, _) = finish(first);
+        let ended = Instant::now();
+        let _second = publish(port, KEY, 0, VIEW);
+        let republished = loop {
+            if server
+                .log_text()
+                .matches("RTMP publication started")
+                .count()
+                >= 2
+            {
+                break Instant::now();
+            }
+            if ended.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "no second publication; log:\n{}",
+                    server.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let report = viewer.join().unwrap();
+        let log = server.log_text();
+        let v = &report["viewers"][0];
+        let pause_ms = (republished - ended).as_millis() as f64;
+        let gap = num(&v["maxFrameGapMs"]);
+        let summary = format!(
+            "encoder away {pause_ms:.0} ms (exit to new publication); viewer's longest frame gap {gap} ms \
+             (frames resumed ≈ {:.0} ms after the new publication); {} fps, {} frames decoded, states {}",
+            gap - pause_ms,
+            v["fps"],
+            v["stats"]["video"]["framesDecoded"],
+            v["states"]
+        );
+        let states = v["states"].to_string();
+        let checks = [
+            (report["ok"] == true && v["error"].is_null(), "viewer ok"),
+            (
+                !states.contains("failed")
+                    && !states.contains("closed")
+                    && !states.contains("disconnected"),
+                "one connection, never lost",
+            ),
+            (log.contains("publisher joined"), "publisher joined"),
+            (
+                gap - pause_ms < 1000.0,
+                "frames resume < 1 s after the new publish",
+            ),
+            (
+                num(&v["stats"]["video"]["framesDecoded"]) >= 20.0 * (VIEW as f64 - 4.0),
+                "frames decoded before and after",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            None => Ok(summary),
+            Some((_, what)) => Err(format!(
+                "{what}: {summary}\nreport: {report:#}\nlog:\n{log}"
+            )),
+        }
+    });
+    eprintln!("RTMP republish: {summary}");
+}
+
+/// A refused RTMP publish is reported as a signed `publisher.rejected`
+/// webhook, like a refused WHIP publish, without the key.
+#[test]
+fn rtmp_refusal_sends_a_publisher_rejected_webhook() {
+    use std::io::{BufRead, BufReader};
+    let _serial = serial();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    let port = common::free_tcp_port();
+    let server = common::Server::start(&[
+        "--room",
+        &format!("{ROOM}:{KEY}"),
+        "--rtmp-listen",
+        &format!("127.0.0.1:{port}"),
+        "--webhook",
+        &url,
+        "--webhook-secret",
+        "webhook-secret-0123456789",
+    ]);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wrong = "not-the-right-key";
+    let (ok, _) = finish(publish(port, wrong, 0, 2));
+    assert!(!ok, "ffmpeg must fail with a wrong key");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hook = loop {
+        let body = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no webhook; log:\n{}", server.log_text()));
+        if body.contains("publisher.rejected") {
+            break body;
+        }
+    };
+    let json: Value = serde_json::from_str(&hook).unwrap();
+    assert_eq!(json["type"], "publisher.rejected", "{json}");
+    assert_eq!(json["data"]["ingest"], "rtmp", "{json}");
+    assert_eq!(json["data"]["reason"], "unknown stream key", "{json}");
+    assert_eq!(json["data"]["remote_ip"], "127.0.0.1", "{json}");
+    assert!(!hook.contains(wrong), "the key is never sent: {hook}");
+}

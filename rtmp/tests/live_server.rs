@@ -373,6 +373,54 @@ async fn connections_past_the_limit_are_closed_at_once() {
     assert_eq!(s0s1[0], 3);
 }
 
+/// A connection from `ip` (any 127.x.y.z is loopback on Linux).
+async fn connect_from(ip: [u8; 4], port: u16) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((ip, 0))).unwrap();
+    sock.connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap()
+}
+
+/// Does the server answer C0+C1 with S0 within 2 s (an accepted connection)?
+async fn served(sock: &mut TcpStream) -> bool {
+    if sock.write_all(&handshake(1)[..1537]).await.is_err() {
+        return false;
+    }
+    let mut s0s1 = [0u8; 1537];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), sock.read_exact(&mut s0s1)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let config = ServerConfig {
+        max_connections_per_ip: 2,
+        handshake_timeout: Duration::from_secs(30),
+        ..ServerConfig::default()
+    };
+    let (_sfu, port) = start(config).await;
+    let mut a = connect_from([127, 0, 0, 1], port).await;
+    let mut b = connect_from([127, 0, 0, 1], port).await;
+    assert!(served(&mut a).await && served(&mut b).await);
+    let mut c = connect_from([127, 0, 0, 1], port).await;
+    let _ = c.write_all(&handshake(1)).await;
+    let closed = closed_within(&mut c, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some(),
+        "a third connection from 127.0.0.1 is refused"
+    );
+    // Another address is still served, and so is 127.0.0.1 once one closes.
+    let mut other = connect_from([127, 0, 0, 2], port).await;
+    assert!(served(&mut other).await, "127.0.0.2 has its own share");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut d = connect_from([127, 0, 0, 1], port).await;
+    assert!(served(&mut d).await, "a slot of 127.0.0.1 is free again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyframe_requests_make_the_reencoder_emit_an_idr() {
     let (sfu, port) = start(ServerConfig::default()).await;
