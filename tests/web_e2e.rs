@@ -57,9 +57,12 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
     let ctx = |what: &str| format!("{what}\nreport: {report:#}");
     assert!(report["ok"] == true, "{}", ctx("web.mjs failed"));
     eprintln!(
-        "player: first WebRTC frame {} ms after navigation; after republish resumed in {} ms; \
+        "player: first WebRTC frame {} ms after navigation ({} ms after the WHEP POST; {} ms \
+         as the test saw it); after republish resumed in {} ms; \
          UDP unreachable → HLS frame {} ms after the fallback ({} ms after navigation); \
          HLS-only → HLS in {} ms",
+        report["playerA"]["navigationToFrameMs"],
+        report["playerA"]["whepPostToFrameMs"],
         report["playerA"]["firstFrameMs"],
         report["republish"]["resumedAfterMs"],
         report["udpBlocked"]["fallbackToFrameMs"],

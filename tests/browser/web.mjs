@@ -154,7 +154,13 @@ await runReport(170000, async (report) => {
     report.playerA.firstFrameMs = Date.now() - openedAt;
     await sleep(3000);
     Object.assign(report.playerA, await playerState(a));
-    report.playerA.firstLiveEventMs = (report.playerA.events.find(([, e]) => e === 'state:live') ?? [])[0] ?? null;
+    const at = (what) => (report.playerA.events.find(([, e]) => e === what) ?? [])[0] ?? null;
+    // performance.now() counts from the navigation: page load + modules + WHEP + first frame.
+    report.playerA.navigationToFrameMs = at('state:live');
+    report.playerA.whepPostToFrameMs =
+      at('state:live') !== null && at('whep:posted') !== null
+        ? at('state:live') - at('whep:posted')
+        : null;
     log(`player A: ${report.playerA.mode} ${report.playerA.resolutionText} after ${report.playerA.firstFrameMs} ms`);
     report.dashboard.oneViewer = await viewersOnDashboard(1);
 
@@ -304,6 +310,7 @@ await runReport(170000, async (report) => {
     // A phone-sized dashboard.
     await dash.setViewportSize({ width: 390, height: 844 });
     await sleep(2500); // the graphs are redrawn at the next poll
+    await dash.evaluate(() => window.scrollTo(0, 0));
     await shot(dash, 'dashboard-phone');
     await pub.setViewportSize({ width: 390, height: 844 });
     await shot(pub, 'publish-phone');

@@ -267,6 +267,7 @@ export class DionysiaPlayer extends HTMLElement {
         if (signal.aborted) return {};
         return this.#whepRefused(err);
       }
+      if (viewer.postedAt != null) this.#note('whep:posted', viewer.postedAt);
       const connected = await this.#connected(viewer.pc, this.#iceTimeout, signal);
       if (signal.aborted) return {};
       if (!connected) {
@@ -512,8 +513,8 @@ export class DionysiaPlayer extends HTMLElement {
 
   // ------------------------------------------------------------ display
 
-  #note(what) {
-    this.events.push([Math.round(performance.now()), what]);
+  #note(what, at = performance.now()) {
+    this.events.push([Math.round(at), what]);
     if (this.events.length > 100) this.events.shift();
   }
 
