@@ -56,7 +56,10 @@ fn main() {
 fn hls_js(lock: &Path, local: &Path, out: &Path) -> Result<Vec<u8>, String> {
     let (version, integrity, resolved) = pinned(lock)?;
     if let Ok(js) = std::fs::read(local) {
-        let installed = local.parent().and_then(Path::parent).map(|d| d.join("package.json"));
+        let installed = local
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("package.json"));
         let same = installed
             .and_then(|p| std::fs::read_to_string(p).ok())
             .is_some_and(|text| json_field(&text, "version").as_deref() == Some(&version));
@@ -91,9 +94,8 @@ fn pinned(lock: &Path) -> Result<(String, String, String), String> {
     let entry = &entry[..entry.find('}').unwrap_or(entry.len())];
     let version = json_field(entry, "version").ok_or("no hls.js version in the lock file")?;
     let integrity = json_field(entry, "integrity").ok_or("no hls.js integrity in the lock file")?;
-    let resolved = json_field(entry, "resolved").unwrap_or_else(|| {
-        format!("https://registry.npmjs.org/hls.js/-/hls.js-{version}.tgz")
-    });
+    let resolved = json_field(entry, "resolved")
+        .unwrap_or_else(|| format!("https://registry.npmjs.org/hls.js/-/hls.js-{version}.tgz"));
     if !resolved.starts_with("https://registry.npmjs.org/") {
         return Err(format!("unexpected tarball URL {resolved}"));
     }
@@ -104,7 +106,11 @@ fn pinned(lock: &Path) -> Result<(String, String, String), String> {
 fn json_field(text: &str, name: &str) -> Option<String> {
     let key = format!("\"{name}\"");
     let rest = &text[text.find(&key)? + key.len()..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
     Some(rest[..rest.find('"')?].to_string())
 }
 
@@ -144,10 +150,15 @@ fn extract(tarball: &[u8], wanted: &str) -> Result<Vec<u8>, String> {
     let entries = archive.entries().map_err(|e| format!("tarball: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("tarball: {e}"))?;
-        let is_it = entry.path().map(|p| p == Path::new(wanted)).unwrap_or(false);
+        let is_it = entry
+            .path()
+            .map(|p| p == Path::new(wanted))
+            .unwrap_or(false);
         if is_it {
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| format!("tarball: {e}"))?;
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("tarball: {e}"))?;
             return Ok(bytes);
         }
     }

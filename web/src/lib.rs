@@ -153,10 +153,9 @@ async fn serve_hls_js(headers: http::HeaderMap) -> Response {
     )
         .into_response();
     if gzip {
-        response.headers_mut().insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static("gzip"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
 }
