@@ -148,6 +148,35 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
     );
     assert_eq!(report["playerB"]["live"], true, "{}", ctx("player B"));
 
+    assert_eq!(
+        report["waiting"]["shown"],
+        true,
+        "{}",
+        ctx("player before the stream: waiting")
+    );
+    let q = &report["quality"];
+    assert_eq!(q["reached"], true, "{}", ctx("choosing a layer"));
+    let a_ = &report["autoplay"];
+    assert_eq!(a_["live"], true, "{}", ctx("muted start: plays"));
+    assert_eq!(
+        a_["mutedAtStart"],
+        true,
+        "{}",
+        ctx("muted start: muted")
+    );
+    assert_eq!(
+        a_["hintShown"],
+        true,
+        "{}",
+        ctx("muted start: unmute button shown")
+    );
+    assert_eq!(
+        a_["mutedAfterClick"],
+        false,
+        "{}",
+        ctx("muted start: unmuted by a click")
+    );
+
     let r = &report["republish"];
     assert_eq!(
         r["sawEnded"],

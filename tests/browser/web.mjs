@@ -124,6 +124,22 @@ await runReport(170000, async (report) => {
         )
         .then(() => true, () => false);
 
+    // The player before anyone publishes: "Waiting for the stream".
+    const early = await context.newPage();
+    watch(early, 'player (before the stream)');
+    await early.goto(`${args.base}/watch/${room}`);
+    report.waiting = {
+      shown: await waitPlayer(
+        early,
+        () => document.querySelector('dionysia-player').state === 'waiting',
+        null,
+        8000,
+      ),
+    };
+    report.waiting.statusText = (await playerState(early)).statusText;
+    await shot(early, 'watch-waiting');
+    await early.close();
+
     // 2. Publisher page.
     const pub = await context.newPage();
     watch(pub, 'publish');
@@ -184,6 +200,25 @@ await runReport(170000, async (report) => {
     await shot(dash, 'dashboard');
     report.dashboard.whipUrl = await card.locator('.whip-url').inputValue();
     report.dashboard.streamKeyShown = await card.locator('.stream-key').inputValue();
+
+    // Quality: choose the lowest layer, then Auto again.
+    await a.bringToFront();
+    await waitPlayer(a, () => document.querySelector('dionysia-player').shadowRoot.getElementById('quality').options.length >= 3, null, 10000);
+    const options = (await playerState(a)).qualityOptions;
+    const lowest = options.filter((o) => o !== 'Auto').at(-1);
+    report.quality = { options, chosen: lowest };
+    if (lowest) {
+      await a.locator('#quality').selectOption({ label: lowest });
+      const want = parseInt(lowest, 10);
+      report.quality.reached = await waitPlayer(
+        a,
+        (h) => document.querySelector('dionysia-player').video.videoHeight === h,
+        want,
+        8000,
+      );
+      report.quality.heightAfter = (await playerState(a)).height;
+      await a.locator('#quality').selectOption('auto');
+    }
 
     // 4. The publisher leaves and comes back; player A resumes on its own.
     await pub.bringToFront();
@@ -270,6 +305,29 @@ await runReport(170000, async (report) => {
     await shot(d, 'watch-phone');
     await api('PATCH', `/rooms/${room}`, { webrtc: true });
     await d.close();
+
+    // Muted start (`?muted`, as when the browser refuses autoplay with
+    // sound; headless Chromium 156 here allows it whatever --autoplay-policy
+    // says, so the refusal itself cannot be provoked): the "Tap to unmute"
+    // button is shown, and a click brings the sound.
+    const e = await context.newPage();
+    watch(e, 'player E (muted)');
+    await e.goto(`${args.base}/watch/${room}?muted`);
+    report.autoplay = { live: await waitPlayer(e, isLiveIn, 'webrtc', 15000) };
+    report.autoplay.mutedAtStart = (await playerState(e)).muted;
+    report.autoplay.hintShown = await e.evaluate(
+      () => !document.querySelector('dionysia-player').shadowRoot.getElementById('unmute-hint').hidden,
+    );
+    await shot(e, 'watch-muted');
+    await e.locator('#unmute-hint').click();
+    await sleep(300);
+    const afterClick = await playerState(e);
+    report.autoplay.mutedAfterClick = afterClick.muted;
+    report.autoplay.playingAfterClick = !afterClick.paused;
+    report.autoplay.hintHiddenAfterClick = await e.evaluate(
+      () => document.querySelector('dionysia-player').shadowRoot.getElementById('unmute-hint').hidden,
+    );
+    await e.close();
 
     // Dashboard actions: rotate the key, kick the publisher (each button asks
     // for a second press).
