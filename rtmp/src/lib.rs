@@ -131,11 +131,16 @@
 //!   limit, stream key → room) that publishes into the SFU.
 //! - [`transcode`]: AAC → Opus, and the openh264 re-encode of B-frame streams
 //!   on its own thread.
+//! - `fuzzing`: the bodies of the fuzz targets in `rtmp/fuzz` (`cargo +nightly
+//!   fuzz run session|flv|amf0`, needs cargo-fuzz), also run on stable by
+//!   `tests/fuzz_bodies.rs` over random and mutated real inputs.
 
 pub mod amf0;
 pub mod chunk;
 mod error;
 pub mod flv;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h264;
 pub mod ingest;
 pub mod packetizer;

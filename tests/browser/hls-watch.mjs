@@ -47,7 +47,8 @@ async function play({ url, seconds }) {
     const timer = setInterval(() => {
       const now = performance.now();
       if (video.currentTime > lastTime) {
-        if (lastTime >= 0 && firstTime === null) firstTime = lastTime;
+        // From the first position hls.js plays from (not the 0 before its seek).
+        if (lastTime > 0 && firstTime === null) firstTime = lastTime;
         lastTime = video.currentTime;
         lastAdvanceAt = now;
       } else if (firstTime !== null) {
