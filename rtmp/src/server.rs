@@ -505,6 +505,12 @@ impl Connection {
                     debug!(peer = %self.peer, "AAC config after the publication started: audio ignored");
                     return Ok(());
                 }
+                if self.source_audio.is_some() && self.aac_config.as_ref() != Some(&config) {
+                    // The HLS audio was announced with the old rate and
+                    // channels: stop offering the original rather than mislabel it.
+                    warn!(peer = %self.peer, "the AAC configuration changed mid-stream: HLS audio stops until the encoder republishes");
+                    self.source_audio = None;
+                }
                 match AacToOpus::new(&config, self.config.opus_bitrate) {
                     Ok(t) => self.aac = Some(t),
                     Err(e) => {
