@@ -95,6 +95,8 @@ struct Round {
     rss_blocked_kib: u64,
     cpu_idle: f64,
     cpu_blocked: f64,
+    /// Server CPU seconds from the first answer to the last.
+    cpu_release_s: f64,
     blocked_for: Duration,
     spread: Duration,
     ok: usize,
@@ -136,6 +138,7 @@ fn round(args: &Args, port: u16, pid: u32, media: &str) -> Result<Round> {
     let mut pending: Vec<(usize, Vec<u8>)> = (0..socks.len()).map(|i| (i, Vec::new())).collect();
     let mut done: Vec<(Instant, Vec<u8>)> = Vec::with_capacity(socks.len());
     let mut cpu_blocked = None;
+    let mut cpu_at_first = 0.0;
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(15);
     while !pending.is_empty() && Instant::now() < deadline {
@@ -158,8 +161,8 @@ fn round(args: &Args, port: u16, pid: u32, media: &str) -> Result<Round> {
         }
         if cpu_blocked.is_none() {
             // The first answer: the part landed. CPU of the blocked stretch.
-            cpu_blocked =
-                Some((procfs::cpu_seconds(pid).unwrap_or(0.0) - c1) / t1.elapsed().as_secs_f64());
+            cpu_at_first = procfs::cpu_seconds(pid).unwrap_or(0.0);
+            cpu_blocked = Some((cpu_at_first - c1) / t1.elapsed().as_secs_f64());
         }
         let mut still = Vec::with_capacity(pending.len());
         for ((i, mut got), fd) in pending.into_iter().zip(&fds) {
@@ -187,6 +190,7 @@ fn round(args: &Args, port: u16, pid: u32, media: &str) -> Result<Round> {
         }
         pending = still;
     }
+    let cpu_release_s = procfs::cpu_seconds(pid).unwrap_or(0.0) - cpu_at_first;
     let first = done.iter().map(|(t, _)| *t).min().unwrap_or(sent);
     let last = done.iter().map(|(t, _)| *t).max().unwrap_or(sent);
     let ok = done
@@ -200,6 +204,7 @@ fn round(args: &Args, port: u16, pid: u32, media: &str) -> Result<Round> {
         rss_blocked_kib,
         cpu_idle,
         cpu_blocked: cpu_blocked.unwrap_or(f64::NAN),
+        cpu_release_s,
         blocked_for: first - sent,
         spread: last - first,
         ok,
@@ -280,7 +285,7 @@ fn main() -> Result<()> {
         println!(
             "round {}: {} answered 200 with the part, {} other; RSS {} → {} KiB while blocked (+{} KiB, {:.0} bytes per request); \
              server CPU {:.2} cores idle, {:.2} cores while blocked; first answer {:.0} ms after the requests, \
-             all {} released within {:.1} ms",
+             all {} released within {:.1} ms (server CPU {:.0} ms meanwhile)",
             n + 1,
             r.ok,
             r.other,
@@ -293,6 +298,7 @@ fn main() -> Result<()> {
             r.blocked_for.as_secs_f64() * 1000.0,
             r.ok + r.other,
             r.spread.as_secs_f64() * 1000.0,
+            r.cpu_release_s * 1000.0,
         );
         std::thread::sleep(Duration::from_secs(2));
     }
