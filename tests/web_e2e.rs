@@ -154,16 +154,17 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         "{}",
         ctx("player before the stream: waiting")
     );
+    assert_eq!(
+        report["embedded"]["live"],
+        true,
+        "{}",
+        ctx("the player embedded in another origin's page")
+    );
     let q = &report["quality"];
     assert_eq!(q["reached"], true, "{}", ctx("choosing a layer"));
     let a_ = &report["autoplay"];
     assert_eq!(a_["live"], true, "{}", ctx("muted start: plays"));
-    assert_eq!(
-        a_["mutedAtStart"],
-        true,
-        "{}",
-        ctx("muted start: muted")
-    );
+    assert_eq!(a_["mutedAtStart"], true, "{}", ctx("muted start: muted"));
     assert_eq!(
         a_["hintShown"],
         true,

@@ -23,6 +23,7 @@
 // Prints one JSON report as the last stdout line (see README.md).
 
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { launch, log, parseArgs, runReport, sleep } from './lib/harness.mjs';
 
@@ -219,6 +220,28 @@ await runReport(170000, async (report) => {
       report.quality.heightAfter = (await playerState(a)).height;
       await a.locator('#quality').selectOption('auto');
     }
+
+    // The web component on another site: a page served by a second HTTP
+    // server (another origin; on loopback too, or Chromium's Local Network
+    // Access would refuse a public page's requests to this loopback server)
+    // loads player.js from the server (CORS on /assets/, WHEP and /hls/).
+    const site = createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end(`<!doctype html><title>Another site</title><h1>Another site</h1>
+        <script type="module" src="${args.base}/assets/player.js"></script>
+        <dionysia-player room="${args.room}" style="max-width:640px"></dionysia-player>`);
+    });
+    await new Promise((resolve) => site.listen(0, '127.0.0.1', resolve));
+    const embedPage = await context.newPage();
+    watch(embedPage, 'embedded player');
+    await embedPage.goto(`http://localhost:${site.address().port}/`);
+    report.embedded = {
+      origin: await embedPage.evaluate(() => location.origin),
+      live: await waitPlayer(embedPage, isLiveIn, 'webrtc', 15000),
+    };
+    await shot(embedPage, 'embedded');
+    await embedPage.close();
+    site.close();
 
     // 4. The publisher leaves and comes back; player A resumes on its own.
     await pub.bringToFront();
