@@ -60,7 +60,7 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         "player: first WebRTC frame {} ms after navigation ({} ms after the WHEP POST; {} ms \
          as the test saw it); after republish resumed in {} ms; \
          UDP unreachable → HLS frame {} ms after the fallback ({} ms after navigation); \
-         HLS-only → HLS in {} ms",
+         HLS-only → HLS in {} ms; HLS player back {} ms after the republish",
         report["playerA"]["navigationToFrameMs"],
         report["playerA"]["whepPostToFrameMs"],
         report["playerA"]["firstFrameMs"],
@@ -68,6 +68,7 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         report["udpBlocked"]["fallbackToFrameMs"],
         report["udpBlocked"]["liveAfterMs"],
         report["hlsOnly"]["liveAfterMs"],
+        report["udpBlocked"]["resumedAfterMs"],
     );
     assert_eq!(
         report["pageErrors"].as_array().map(Vec::len),
@@ -203,6 +204,14 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         num(&u["fallbackToFrameMs"]) < 5000.0,
         "{}",
         ctx("HLS must play within 5 s of the WebRTC failure")
+    );
+
+    assert_eq!(u["sawEnded"], true, "{}", ctx("HLS player shows the end"));
+    assert_eq!(
+        u["resumed"],
+        true,
+        "{}",
+        ctx("HLS player resumes by itself")
     );
 
     let h = &report["hlsOnly"];

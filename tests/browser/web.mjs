@@ -312,6 +312,30 @@ await runReport(170000, async (report) => {
         { timeout: 12000, polling: 200 },
       )
       .then(() => true, () => false);
+    // The publisher leaves and returns while this player is on HLS: it must
+    // show the end and play the new publish by itself.
+    await pub.bringToFront();
+    await pub.click('#stop');
+    report.udpBlocked.sawEnded = await waitPlayer(
+      c,
+      () => document.querySelector('dionysia-player').state === 'ended',
+      null,
+      15000,
+    );
+    report.udpBlocked.publisherBack = await goLive();
+    const hlsBackAt = Date.now();
+    const framesThen = (await playerState(c)).frames;
+    report.udpBlocked.resumed = await waitPlayer(
+      c,
+      (before) => {
+        const p = document.querySelector('dionysia-player');
+        return p.state === 'live' && p.mode === 'hls' && p.stats.frames > before + 10;
+      },
+      framesThen,
+      20000,
+    );
+    report.udpBlocked.resumedAfterMs = Date.now() - hlsBackAt;
+    log(`HLS player after the republish: resumed=${report.udpBlocked.resumed} in ${report.udpBlocked.resumedAfterMs} ms`);
     await udpBlocked.close();
     udpBlocked = null;
 

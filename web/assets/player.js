@@ -11,8 +11,8 @@
 //
 // WebRTC is tried again later when that makes sense: after ICE failed (UDP
 // blocked?) in RETRY_WEBRTC_MS, after a 503 for capacity once the server's
-// Retry-After (at least RETRY_WEBRTC_MS / 2) has passed, never for an
-// HLS-only room until the stream restarts. An upgrade from HLS to WebRTC is
+// Retry-After (at least RETRY_WEBRTC_MS / 2) has passed, for an HLS-only
+// room when its HLS stream ends (at most every RECHECK_HLS_ONLY_MS). An upgrade from HLS to WebRTC is
 // made in the background: the picture switches only once WebRTC decodes.
 //
 // Attributes: room (required), server (default: where this module was loaded
@@ -28,6 +28,8 @@ import { WhepViewer, WishError } from './whep.js';
 
 const ICE_TIMEOUT_MS = 5000;
 const RETRY_WEBRTC_MS = 60000;
+/** An HLS-only room: WHEP is asked again (when the HLS stream ends) after this. */
+const RECHECK_HLS_ONLY_MS = 30000;
 /** No new frame for this long: the stream has ended (the session is kept). */
 const ENDED_AFTER_MS = 3000;
 /** No new frame for this long: the session is started over. */
@@ -82,13 +84,16 @@ const TEMPLATE = `
   <button id="fullscreen" type="button" class="icon" aria-label="Full screen">${ICONS.fullscreen}</button>
 </div>`;
 
+/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    const done = () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
       resolve();
-    });
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
 
 /** Safari (desktop and iOS) plays LL-HLS itself; other browsers get hls.js. */
@@ -204,6 +209,12 @@ export class DionysiaPlayer extends HTMLElement {
 
   // ------------------------------------------------------------ the loop
 
+  /**
+   * Plays until `signal` aborts. Each round plays one way and says what
+   * next: `{fallback, retryMs}` (go to HLS), `{upgrade}` (a connected WHEP
+   * viewer to switch to), `{ended}` (the stream is over), and `delayMs`
+   * before the next round.
+   */
   async #loop(signal) {
     if (!this.#room) {
       this.#setState('error', 'No room given.');
@@ -214,11 +225,14 @@ export class DionysiaPlayer extends HTMLElement {
     while (!signal.aborted) {
       const useHls =
         forced === 'hls' ||
-        (forced !== 'webrtc' && (this.#hlsOnly || Date.now() < this.#webrtcAgainAt));
+        (forced !== 'webrtc' && Date.now() < this.#webrtcAgainAt);
       let next;
       if (useHls) {
         if (forced === 'hls') this.fallbackReason = 'forced';
-        next = await this.#playHls(signal, forced !== 'hls' && !this.#hlsOnly);
+        next = await this.#playHls(signal, {
+          forced: forced === 'hls',
+          mayUpgrade: forced !== 'hls' && !this.#hlsOnly,
+        });
       } else {
         next = await this.#playWebrtc(signal, handover);
       }
@@ -228,15 +242,13 @@ export class DionysiaPlayer extends HTMLElement {
         this.#note(`fallback:${next.fallback}`);
         this.fallbackReason = next.fallback;
         this.#hlsOnly = next.fallback === 'hls-only';
-        this.#webrtcAgainAt = Date.now() + (next.retryMs ?? RETRY_WEBRTC_MS);
+        this.#webrtcAgainAt =
+          Date.now() + (this.#hlsOnly ? RECHECK_HLS_ONLY_MS : (next.retryMs ?? RETRY_WEBRTC_MS));
       } else if (next.upgrade) {
         this.#note('upgrade:webrtc');
         handover = next.upgrade;
         this.fallbackReason = null;
         this.#webrtcAgainAt = 0;
-      } else if (next.ended) {
-        // The stream will be new: let WHEP say again whether it may be used.
-        this.#hlsOnly = false;
       }
       if (next.delayMs) await sleep(next.delayMs, signal);
     }
@@ -380,7 +392,7 @@ export class DionysiaPlayer extends HTMLElement {
 
   // ------------------------------------------------------------ HLS
 
-  async #playHls(signal, mayUpgrade) {
+  async #playHls(signal, { forced, mayUpgrade }) {
     const url = new URL(`hls/${encodeURIComponent(this.#room)}/index.m3u8`, this.#server);
     if (this.#token) url.searchParams.set('token', this.#token);
     // Is it live? (The first request of a room waits until its first segment exists.)
@@ -399,8 +411,10 @@ export class DionysiaPlayer extends HTMLElement {
     if (!response.ok) {
       this.#setMode('hls');
       this.#notLive();
-      // Not live: for a fallback that may not hold next time, ask WHEP again.
-      return mayUpgrade ? { ended: true, delayMs: HLS_POLL_MS } : { delayMs: HLS_POLL_MS };
+      // Not live. Unless HLS was chosen, the next stream may be served over
+      // WebRTC (room settings change): the loop asks WHEP again once the
+      // fallback's reason has expired.
+      return forced ? { delayMs: HLS_POLL_MS } : { ended: true, delayMs: HLS_POLL_MS };
     }
     this.#setMode('hls');
     const video = this.video;
