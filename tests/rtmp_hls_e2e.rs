@@ -457,3 +457,67 @@ fn rtmp_video_only_plays_over_whep_and_hls() {
         hls["maxStallMs"]
     );
 }
+
+/// A single-layer 1280×720 RTMP stream gets the ladder: 854×480 and
+/// 426×240 renditions made with openh264, listed beside the source, which
+/// ffprobe reads at those sizes and hls.js plays.
+#[test]
+fn a_single_layer_stream_gets_ladder_renditions() {
+    let _serial = serial();
+    let (server, port) = start_server();
+    let _publisher = publish_720p(port, 60);
+    assert!(
+        wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+        "no publication; log:\n{}",
+        server.log_text()
+    );
+    let text = multivariant(&server, |t| {
+        t.contains("RESOLUTION=1280x720")
+            && t.contains("RESOLUTION=854x480")
+            && t.contains("RESOLUTION=426x240")
+    });
+    for (rendition, size) in [("video-480p", (854, 480)), ("video-240p", (426, 240))] {
+        let streams = probe(&media_uri(&server, &text, rendition));
+        let video = stream(&streams, "video").unwrap_or_else(|| panic!("{streams:?}"));
+        assert_eq!(video["codec_name"], "h264", "{video}");
+        assert_eq!(
+            (video["width"].as_u64(), video["height"].as_u64()),
+            (Some(size.0), Some(size.1)),
+            "{video}"
+        );
+    }
+    let viewer = hls_js(&server);
+    assert_hls_js_plays(&viewer, true, true, &server.log_text());
+    assert_eq!(
+        viewer["levels"].as_array().map(Vec::len),
+        Some(3),
+        "{viewer}"
+    );
+    eprintln!(
+        "ladder: {} variants; hls.js advanced {} s, max stall {} ms; load {}",
+        text.matches("#EXT-X-STREAM-INF").count(),
+        viewer["currentTimeAdvance"],
+        viewer["maxStallMs"],
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+/// 1280×720 x264 + AAC, for the ladder test.
+fn publish_720p(port: u16, seconds: u64) -> Publisher {
+    let url = format!("rtmp://127.0.0.1:{port}/live/{KEY}");
+    let child = Command::new(FFMPEG)
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset"])
+        .args(["veryfast", "-tune", "zerolatency", "-bf", "0", "-g", "30"])
+        .args(["-b:v", "2000k", "-c:a", "aac", "-f", "flv", &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ffmpeg");
+    Publisher(child)
+}

@@ -150,6 +150,11 @@ pub struct Rendition {
     pending: Option<Pending>,
     released: Vec<Reordered>,
     last_keyframe_request: Option<Duration>,
+    /// Copies of the access units depacketized (with their arrival), for
+    /// the ladder; `None` unless asked for.
+    tee: Option<Vec<(AccessUnit, Duration)>>,
+    /// A ladder rendition: the multivariant playlist does not wait for it.
+    optional: bool,
 }
 
 impl Rendition {
@@ -164,6 +169,12 @@ impl Rendition {
     /// The codec, once known (H.264: after the first SPS/PPS).
     pub fn codec(&self) -> Option<&CodecConfig> {
         self.codec.as_ref()
+    }
+
+    /// A ladder rendition, made from another: it may start later than the
+    /// others (or never, when the source is smaller than it).
+    pub fn is_optional(&self) -> bool {
+        self.optional
     }
 
     pub fn is_video(&self) -> bool {
@@ -295,7 +306,12 @@ impl Rendition {
     fn push_released(&mut self, item: Reordered, now: Duration) -> Progress {
         match &mut self.input {
             Input::RtpH264(d) => match d.push(item) {
-                Some(au) => self.push_access_unit(au, now),
+                Some(au) => {
+                    if let Some(tee) = &mut self.tee {
+                        tee.push((au.clone(), now)); // the NAL units are shared `Bytes`
+                    }
+                    self.push_access_unit(au, now)
+                }
                 None => Progress::default(),
             },
             Input::RtpOpus(d, channels) => {
@@ -526,6 +542,8 @@ impl Bridge {
             pending: None,
             released: Vec::new(),
             last_keyframe_request: None,
+            tee: None,
+            optional: false,
         });
         Ok(TrackId(self.renditions.len() - 1))
     }
@@ -599,6 +617,32 @@ impl Bridge {
             return Err(Error::WrongInput);
         }
         Ok(r.push_audio(timestamp, 1024, data, now))
+    }
+
+    /// Keeps a copy of every access unit `track` depacketizes, for
+    /// [`Bridge::take_teed`] (the ladder's input).
+    pub fn tee_access_units(&mut self, track: TrackId) {
+        if let Some(r) = self.renditions.get_mut(track.0) {
+            r.tee.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Moves the access units teed from `track` (with their arrival) to `out`.
+    pub fn take_teed(&mut self, track: TrackId, out: &mut Vec<(AccessUnit, Duration)>) {
+        if let Some(tee) = self
+            .renditions
+            .get_mut(track.0)
+            .and_then(|r| r.tee.as_mut())
+        {
+            out.append(tee);
+        }
+    }
+
+    /// Marks `track` as a ladder rendition ([`Rendition::is_optional`]).
+    pub fn set_optional(&mut self, track: TrackId) {
+        if let Some(r) = self.renditions.get_mut(track.0) {
+            r.optional = true;
+        }
     }
 
     /// Call once every track is added: with no video rendition (an

@@ -76,14 +76,19 @@
 //! Audio: Opus from the publisher becomes AAC-LC ([`aac`]: opus-rs decoder,
 //! fdk-aac encoder) unless [`live::AudioOutput::Opus`] is chosen.
 //!
-//! Not here yet: VP8/ladder transcoding (the access-unit input it will feed
-//! exists: [`Bridge::add_h264_frame_track`]), and A/V sync from RTCP sender
+//! A single-layer H.264 publish also gets lower renditions made by
+//! [`ladder`] (openh264 on a thread of its own, fed through
+//! [`Bridge::tee_access_units`], output through
+//! [`Bridge::add_h264_frame_track`]).
+//!
+//! Not here yet: VP8 input to the ladder, and A/V sync from RTCP sender
 //! reports (tracks are aligned by arrival time).
 
 pub mod aac;
 pub mod bridge;
 pub mod fmp4;
 pub mod h264;
+pub mod ladder;
 pub mod live;
 pub mod opus;
 pub mod playlist;

@@ -23,6 +23,8 @@ use sfu::{TapCodec, TapPacket, TapTrack};
 
 use crate::aac::{AacFrame, OpusToAac};
 use crate::bridge::{Bridge, BridgeConfig, TrackId};
+use crate::h264::AccessUnit;
+use crate::ladder::{rungs_for, Ladder, LadderOutput};
 use crate::{Progress, RtpPacket};
 
 /// The audio codec of the HLS output.
@@ -101,6 +103,23 @@ const SOURCE_RESYNC_MS: u64 = 100;
 /// Samples in an AAC-LC frame.
 const AAC_FRAME_SAMPLES: u64 = 1024;
 
+/// The ladder of a single-layer H.264 source: its rung renditions, and the
+/// worker once the source's size is known (its first keyframe).
+#[derive(Debug)]
+struct LadderState {
+    source: TrackId,
+    heights: Vec<u32>,
+    /// (track, index into `renditions`, height) per declared rung.
+    renditions: Vec<(TrackId, usize, u32)>,
+    running: Option<Ladder>,
+    /// Rung index of the running ladder → index into `renditions`.
+    map: Vec<usize>,
+    out: tokio::sync::mpsc::UnboundedSender<LadderOutput>,
+    teed: Vec<(AccessUnit, Duration)>,
+    /// Could not start: do not try again.
+    failed: bool,
+}
+
 /// One publish (one `Live` generation) of a room.
 #[derive(Debug)]
 pub struct LiveSession {
@@ -113,6 +132,9 @@ pub struct LiveSession {
     /// Reused for the AAC frames of one packet.
     frames: Vec<AacFrame>,
     source: Option<SourceRoute>,
+    ladder: Option<LadderState>,
+    /// Tap track and layer count of each H.264 video track.
+    video_tracks: Vec<(usize, usize)>,
 }
 
 /// What one packet did.
@@ -184,6 +206,7 @@ impl LiveSession {
         let mut routes = Vec::new();
         let mut skipped = Vec::new();
         let (mut nth_video, mut nth_audio) = (0, 0);
+        let mut video_tracks = Vec::new();
         for t in tracks {
             if routes.len() <= t.index {
                 routes.resize_with(t.index + 1, Vec::new);
@@ -210,6 +233,7 @@ impl LiveSession {
             }
             let mut layer_routes = Vec::new();
             if t.video {
+                video_tracks.push((t.index, t.layers.len()));
                 for (layer, rid) in t.layers.iter().enumerate() {
                     let name = video_rendition_name(nth_video, rid.as_deref(), layer);
                     layer_routes.push(bridge.add_h264_track(&name).ok().map(|track| Route {
@@ -266,6 +290,105 @@ impl LiveSession {
             skipped,
             frames: Vec::new(),
             source,
+            ladder: None,
+            video_tracks,
+        }
+    }
+
+    /// Adds the ladder's renditions (`video-{height}p`) when the publish has
+    /// one H.264 video track without simulcast: they are made from it by
+    /// [`crate::ladder`] once its first keyframe tells its size (heights at
+    /// or above the source's are never made). Returns where the encoded
+    /// pictures arrive: hand each to [`LiveSession::push_ladder_output`].
+    /// Call before serving the session (its renditions are fixed then).
+    pub fn enable_ladder(
+        &mut self,
+        heights: &[u32],
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LadderOutput>> {
+        let [(track, 1)] = self.video_tracks[..] else {
+            return None; // simulcast is the ladder already; or no video
+        };
+        let source = self.routes.get(track)?.first()?.as_ref()?;
+        let source_track = source.track;
+        let mut renditions = Vec::new();
+        for &h in heights {
+            let name = format!("video-{h}p");
+            if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
+                self.bridge.set_optional(t);
+                renditions.push((t, push_name(&mut self.renditions, name), h));
+            }
+        }
+        if renditions.is_empty() {
+            return None;
+        }
+        self.bridge.tee_access_units(source_track);
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.ladder = Some(LadderState {
+            source: source_track,
+            heights: heights.to_vec(),
+            renditions,
+            running: None,
+            map: Vec::new(),
+            out,
+            teed: Vec::new(),
+            failed: false,
+        });
+        Some(rx)
+    }
+
+    /// Hands the source's new access units to the ladder (starting it on
+    /// the first keyframe).
+    fn feed_ladder(&mut self) {
+        let Some(l) = &mut self.ladder else { return };
+        self.bridge.take_teed(l.source, &mut l.teed);
+        for (au, now) in l.teed.drain(..) {
+            if l.running.is_none() && !l.failed {
+                let Some(ps) = au.parameter_sets.as_ref().filter(|_| au.keyframe) else {
+                    continue;
+                };
+                let rungs = rungs_for(ps.info.width, ps.info.height, &l.heights);
+                l.map = rungs
+                    .iter()
+                    .filter_map(|r| l.renditions.iter().position(|(_, _, h)| *h == r.height))
+                    .collect();
+                if rungs.is_empty() {
+                    l.failed = true;
+                    continue;
+                }
+                match Ladder::start(rungs, l.out.clone()) {
+                    Ok(ladder) => l.running = Some(ladder),
+                    Err(e) => {
+                        tracing::warn!("hls: the ladder thread did not start: {e}");
+                        l.failed = true;
+                    }
+                }
+            }
+            if let Some(ladder) = &mut l.running {
+                ladder.push(au, now);
+            }
+        }
+    }
+
+    /// One picture the ladder encoded.
+    pub fn push_ladder_output(&mut self, output: LadderOutput) -> Pushed {
+        let Some(l) = &self.ladder else {
+            return Pushed::default();
+        };
+        let Some(&(track, rendition, _)) =
+            l.map.get(output.rung).and_then(|&i| l.renditions.get(i))
+        else {
+            return Pushed::default();
+        };
+        match self.bridge.push_access_unit(track, output.au, output.now) {
+            Ok(mut progress) => {
+                // The ladder makes its keyframes where the source has them.
+                progress.keyframe_wanted = false;
+                Pushed {
+                    rendition: Some(rendition),
+                    progress,
+                }
+            }
+            Err(_) => Pushed::default(),
         }
     }
 
@@ -358,13 +481,17 @@ impl LiveSession {
             payload: Bytes::copy_from_slice(&packet.payload),
         };
         let rendition = route.rendition;
-        match self.bridge.push_rtp(route.track, rtp, now) {
+        let pushed = match self.bridge.push_rtp(route.track, rtp, now) {
             Ok(progress) => Pushed {
                 rendition: Some(rendition),
                 progress,
             },
             Err(_) => Pushed::default(),
+        };
+        if self.ladder.is_some() {
+            self.feed_ladder();
         }
+        pushed
     }
 }
 
@@ -555,6 +682,81 @@ mod tests {
                 sample_rate: 44_100,
                 channels: 2
             })
+        );
+    }
+
+    #[test]
+    fn a_single_layer_source_gets_ladder_renditions_made_from_it() {
+        let single = vec![TapTrack {
+            index: 0,
+            video: true,
+            codec: TapCodec::H264,
+            clock_rate: 90_000,
+            channels: None,
+            layers: vec![None],
+            payload_types: vec![(102, TapCodec::H264)],
+        }];
+        let mut s = LiveSession::new(&single, BridgeConfig::default(), AudioOutput::Opus, 0);
+        // The fixture is 320x180: 120p and 90p rungs; 480p is never made.
+        let mut rx = s.enable_ladder(&[480, 120, 90]).expect("a ladder");
+        assert_eq!(
+            s.renditions(),
+            ["video", "video-480p", "video-120p", "video-90p"]
+        );
+        // Simulcast publishes get none.
+        let mut simulcast =
+            LiveSession::new(&tracks(), BridgeConfig::default(), AudioOutput::Opus, 0);
+        assert!(simulcast.enable_ladder(&[120]).is_none());
+
+        let packets = packetize(&fixture_access_units(), 1200, 0);
+        for p in &packets {
+            let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
+            s.push(&tap_packet(0, 0, 102, p), now);
+            std::thread::sleep(Duration::from_millis(2)); // real time-ish for the worker
+            while let Ok(out) = rx.try_recv() {
+                s.push_ladder_output(out);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(out) => {
+                    s.push_ladder_output(out);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+            let done = ["video-120p", "video-90p"].iter().all(|n| {
+                s.bridge
+                    .rendition(n)
+                    .unwrap()
+                    .timeline()
+                    .listed_segments()
+                    .count()
+                    >= 2
+            });
+            if done {
+                break;
+            }
+        }
+        let text = s.bridge.multivariant_playlist().unwrap();
+        assert!(text.contains("RESOLUTION=320x180"), "{text}");
+        assert!(text.contains("RESOLUTION=214x120"), "{text}");
+        assert!(text.contains("RESOLUTION=160x90"), "{text}");
+        assert!(!text.contains("480p"), "{text}");
+        // Segments of every rendition start together (same keyframes).
+        let starts = |n: &str| -> Vec<u64> {
+            let r = s.bridge.rendition(n).unwrap();
+            r.timeline()
+                .listed_segments()
+                .map(|seg| seg.start)
+                .collect()
+        };
+        let (src, low) = (starts("video"), starts("video-90p"));
+        assert!(low.len() >= 2, "{low:?}");
+        assert_eq!(
+            &src[..low.len().min(src.len())][..2],
+            &low[..2],
+            "{src:?} vs {low:?}"
         );
     }
 

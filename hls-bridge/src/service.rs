@@ -78,6 +78,9 @@ pub struct HlsConfig {
     /// audio: a room with an AAC-LC source serves it untouched rather than
     /// its Opus transcoded back to AAC. `None`: always from the room's RTP.
     pub sources: Option<sfu::SourceRegistry>,
+    /// Heights of the renditions made from a single-layer H.264 publish
+    /// (openh264 on a thread of their own); empty: no ladder.
+    pub ladder: Vec<u32>,
 }
 
 impl Default for HlsConfig {
@@ -90,6 +93,7 @@ impl Default for HlsConfig {
             startup_wait: Duration::from_secs(6),
             parts_ahead: 2,
             sources: None,
+            ladder: crate::ladder::DEFAULT_HEIGHTS.to_vec(),
         }
     }
 }
@@ -276,6 +280,9 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
     let mut current: Option<(Arc<Session>, Instant)> = None;
     // The publisher's original AAC, when its ingest offers it.
     let mut source: Option<broadcast::Receiver<sfu::SourceAudioFrame>> = None;
+    // The ladder's encoded pictures, when the publish has a ladder.
+    let mut ladder: Option<tokio::sync::mpsc::UnboundedReceiver<crate::ladder::LadderOutput>> =
+        None;
     let mut idle = tokio::time::interval(IDLE_CHECK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -285,7 +292,21 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                 None => std::future::pending().await,
             }
         };
+        let ladder_output = async {
+            match &mut ladder {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            output = ladder_output => match output {
+                Some(output) => {
+                    let Some((session, _)) = &current else { continue };
+                    let pushed = lock(&session.live).push_ladder_output(output);
+                    notify(session, pushed);
+                }
+                None => ladder = None,
+            },
             frame = source_frame => match frame {
                 Ok(frame) => {
                     let Some((session, started)) = &current else { continue };
@@ -313,13 +334,14 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                     let offered = hls.config.sources.as_ref().and_then(|s| s.audio(&name));
                     let source_aac = offered.as_deref().and_then(SourceAac::from_source);
                     source = offered.filter(|_| source_aac.is_some()).map(|a| a.subscribe());
-                    let live = LiveSession::with_source(
+                    let mut live = LiveSession::with_source(
                         &tracks,
                         hls.config.bridge,
                         hls.config.audio,
                         epoch,
                         source_aac,
                     );
+                    ladder = live.enable_ladder(&hls.config.ladder);
                     for s in live.skipped() {
                         warn!(room = %name, track = s.track, codec = ?s.codec,
                             "hls: track not bridged (only H.264 video and Opus audio are)");
@@ -491,10 +513,10 @@ async fn multivariant(
     loop {
         {
             let live = lock(&session.live);
-            let all_ready =
-                live.bridge.renditions().iter().all(|r| {
-                    r.codec().is_some() && r.timeline().listed_segments().next().is_some()
-                });
+            let all_ready = live.bridge.renditions().iter().all(|r| {
+                r.is_optional()
+                    || (r.codec().is_some() && r.timeline().listed_segments().next().is_some())
+            });
             if all_ready || late {
                 if let Some(text) = live.bridge.multivariant_playlist_under(&prefix) {
                     let text = match query.as_deref().and_then(carried_query) {

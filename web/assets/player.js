@@ -106,7 +106,7 @@ function prefersNativeHls(video) {
 export class DionysiaPlayer extends HTMLElement {
   static observedAttributes = ['room', 'server', 'token', 'mode'];
 
-  /** Why the player is on HLS: 'hls-only', 'capacity', 'ice', 'forced', or null. */
+  /** Why the player is on HLS: 'hls-only', 'capacity', 'ice', 'unsupported', 'forced', or null. */
   fallbackReason = null;
   /** 'webrtc', 'hls' or null. */
   mode = null;
@@ -259,6 +259,10 @@ export class DionysiaPlayer extends HTMLElement {
   async #playWebrtc(signal, handover) {
     const endpoint = new URL(`whep/${encodeURIComponent(this.#room)}`, this.#server).href;
     let viewer = handover;
+    if (typeof RTCPeerConnection === 'undefined') {
+      // No WebRTC in this browser (or it is disabled): HLS for good.
+      return { fallback: 'unsupported', retryMs: Infinity };
+    }
     if (!viewer) {
       this.#setMode(null);
       if (this.state !== 'ended' && this.state !== 'waiting') {
@@ -289,6 +293,7 @@ export class DionysiaPlayer extends HTMLElement {
       signal.removeEventListener('abort', stopOnAbort);
     }
     signal.addEventListener('abort', () => viewer.stop(), { once: true });
+    this.fallbackReason = null;
     this.#setMode('webrtc');
     this.video.srcObject = viewer.stream;
     this.#autoplay();
@@ -547,6 +552,7 @@ export class DionysiaPlayer extends HTMLElement {
             capacity: 'WebRTC is full; WebRTC will be tried again later',
             ice: 'WebRTC could not connect from this network; it will be tried again later',
             forced: 'HLS was chosen',
+            unsupported: 'This browser cannot use WebRTC',
           }[this.fallbackReason]
         : '';
     this.#emit();
