@@ -85,6 +85,7 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         "{}",
         ctx("dashboard: offline first")
     );
+    assert_eq!(d["created"], true, "{}", ctx("dashboard: create a room"));
     assert_eq!(d["oneViewer"], true, "{}", ctx("dashboard: live, 1 viewer"));
     assert_eq!(
         d["twoViewers"],

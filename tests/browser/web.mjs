@@ -113,6 +113,14 @@ await runReport(170000, async (report) => {
       listed: await card.waitFor({ timeout: 5000 }).then(() => true, () => false),
     };
     report.dashboard.liveBefore = await card.getAttribute('data-live');
+    // Create a room from the form.
+    await dash.click('#create-card summary');
+    await dash.fill('#new-name', 'created-here');
+    await dash.click('#create button[type="submit"]');
+    report.dashboard.created = await dash
+      .locator('article.room[data-room="created-here"]')
+      .waitFor({ timeout: 5000 })
+      .then(() => true, () => false);
     const viewersOnDashboard = async (n, timeout = 8000) =>
       dash
         .waitForFunction(

@@ -212,6 +212,19 @@ function makeCard(room) {
     event.target.textContent = hidden ? 'Hide' : 'Show';
   });
   const id = room.id;
+  // A private room's watch link carries a fresh viewer token (1 hour).
+  for (const link of [q('.watch-link'), q('.room-name')]) {
+    link.addEventListener('click', async (event) => {
+      if (!cards.get(id)?.room.settings.private) return;
+      event.preventDefault();
+      try {
+        const { token: viewer } = await api('POST', `/rooms/${encodeURIComponent(id)}/viewer-tokens`, {});
+        location.assign(`/watch/${encodeURIComponent(room.name)}?token=${encodeURIComponent(viewer)}`);
+      } catch (err) {
+        q('.action-error').textContent = `No viewer token: ${err.message}`;
+      }
+    });
+  }
   confirmButton(q('.rotate-btn'), 'Rotate key', 'Confirm: new key?', async () => {
     const updated = await api('POST', `/rooms/${encodeURIComponent(id)}/rotate-key`);
     updateCard(cards.get(id), updated);
@@ -257,6 +270,7 @@ function confirmButton(button, label, armedLabel, action, messageEl) {
 }
 
 function updateCard(card, room) {
+  card.room = room;
   const el = card.el;
   const q = (sel) => el.querySelector(sel);
   const state = room.live ?? {};
