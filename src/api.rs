@@ -157,7 +157,9 @@ pub struct Settings {
     /// Serve the room over WebRTC (WHEP). `false` makes it HLS-only: WHEP
     /// answers `503` (type `hls-only`) with a `Link` to the playlist.
     webrtc: bool,
-    /// Heights of transcoded HLS renditions beside the source.
+    /// Heights of the HLS renditions transcoded (openh264) from a
+    /// single-layer H.264 publish, beside the source; never above the
+    /// source's height. Simulcast publishes are their own ladder.
     ladder: Vec<u32>,
     /// Keep the current GOP so new viewers start at once.
     gop_cache: bool,
@@ -281,7 +283,7 @@ pub struct CreateRoom {
     /// Default true; `false`: HLS-only.
     #[serde(default)]
     webrtc: Option<bool>,
-    /// Up to 8 heights of 144–2160. Default: none (source only).
+    /// Up to 8 heights of 144–2160; `[]`: source only. Default `[480, 240]`.
     #[serde(default, deserialize_with = "opt_whole_list")]
     #[schema(schema_with = ladder_schema)]
     ladder: Option<Vec<u32>>,
@@ -836,7 +838,7 @@ async fn create_room(
         max_viewers: req.max_viewers,
         hls: req.hls.unwrap_or(defaults.hls),
         webrtc: req.webrtc.unwrap_or(defaults.webrtc),
-        ladder: req.ladder.unwrap_or_default(),
+        ladder: req.ladder.unwrap_or(defaults.ladder),
         gop_cache: req.gop_cache.unwrap_or(defaults.gop_cache),
     };
     validate_settings(&settings).map_err(invalid)?;

@@ -142,6 +142,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             sfu.clone(),
             hls_bridge::HlsConfig {
                 sources: Some(sources),
+                room_ladder: Some(room_ladder(store.clone())),
                 ..hls_bridge::HlsConfig::default()
             },
         ))
@@ -171,6 +172,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .await?;
     info!("stopped");
     Ok(())
+}
+
+/// The HLS ladder a room's settings ask for (read at each publish).
+fn room_ladder(store: Arc<dyn Store>) -> hls_bridge::RoomLadder {
+    hls_bridge::RoomLadder(Arc::new(move |room: &str| {
+        store
+            .room_by_name(room)
+            .ok()
+            .flatten()
+            .map(|r| r.settings.ladder)
+    }))
 }
 
 /// Rooms listed at startup; more are summarized.

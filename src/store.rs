@@ -63,7 +63,7 @@ impl Default for RoomSettings {
             max_viewers: None,
             hls: true,
             webrtc: true,
-            ladder: Vec::new(),
+            ladder: hls_bridge::ladder::DEFAULT_HEIGHTS.to_vec(),
             gop_cache: true,
         }
     }

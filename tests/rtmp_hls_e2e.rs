@@ -8,6 +8,8 @@
 //!   where the Opus path (AAC → Opus → AAC) always gives 48 kHz.
 //! - Audio-only (`-vn`) and video-only (`-an`) streams publish, play over
 //!   WHEP, and give an LL-HLS stream ffprobe and hls.js play.
+//! - A single-layer stream gets the openh264 ladder its room's `ladder`
+//!   setting asks for.
 //!
 //! Needs ffmpeg/ffprobe, Chromium and `npm ci` in tests/browser, as
 //! `scripts/test.sh` installs them.
@@ -502,6 +504,52 @@ fn a_single_layer_stream_gets_ladder_renditions() {
             .unwrap_or_default()
             .trim()
     );
+}
+
+/// The room's `ladder` setting picks the rungs: `[240]` gives the source
+/// and 426×240 only; `[]` (after a republish) the source alone.
+#[test]
+fn a_rooms_ladder_setting_picks_its_renditions() {
+    let _serial = serial();
+    let port = common::free_tcp_port();
+    let rtmp = format!("127.0.0.1:{port}");
+    let server = common::Server::start(&[
+        "--room",
+        &format!("{ROOM}:{KEY}"),
+        "--rtmp-listen",
+        &rtmp,
+        "--admin-token",
+        "ladder-admin-token-0123456789",
+    ]);
+    let set_ladder = |ladder: Value| {
+        let r = reqwest::blocking::Client::new()
+            .patch(server.url(&format!("/api/v1/rooms/{ROOM}")))
+            .bearer_auth("ladder-admin-token-0123456789")
+            .json(&serde_json::json!({ "ladder": ladder }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    };
+    set_ladder(serde_json::json!([240]));
+    let publisher = publish_720p(port, 60);
+    let text = multivariant(&server, |t| {
+        t.contains("RESOLUTION=1280x720") && t.contains("RESOLUTION=426x240")
+    });
+    assert!(!text.contains("RESOLUTION=854x480"), "{text}");
+    assert_eq!(text.matches("#EXT-X-STREAM-INF").count(), 2, "{text}");
+    drop(publisher);
+
+    set_ladder(serde_json::json!([]));
+    let _publisher = publish_720p(port, 60);
+    // The new publish is a new HLS session: wait for its playlist.
+    let text = multivariant(&server, |t| {
+        t.contains("RESOLUTION=1280x720") && !t.contains("RESOLUTION=426x240")
+    });
+    assert_eq!(text.matches("#EXT-X-STREAM-INF").count(), 1, "{text}");
+    // Rungs join once the first keyframe tells the size: none may come.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = multivariant(&server, |_| true);
+    assert_eq!(text.matches("#EXT-X-STREAM-INF").count(), 1, "{text}");
 }
 
 /// 1280×720 x264 + AAC, for the ladder test.

@@ -104,7 +104,7 @@ pub use live::AudioOutput;
 pub use playlist::Resource;
 pub use reload::{Decision, Edge, PlaylistQuery, QueryError};
 pub use rtp::{ReorderConfig, RtpPacket};
-pub use service::{router, HlsConfig};
+pub use service::{router, HlsConfig, RoomLadder};
 pub use timeline::Progress;
 pub use timeline::TimelineConfig;
 

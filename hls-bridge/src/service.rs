@@ -81,6 +81,22 @@ pub struct HlsConfig {
     /// Heights of the renditions made from a single-layer H.264 publish
     /// (openh264 on a thread of their own); empty: no ladder.
     pub ladder: Vec<u32>,
+    /// A room's own ladder (its `ladder` setting), asked at each publish;
+    /// `None` from it, or no function: [`HlsConfig::ladder`].
+    pub room_ladder: Option<RoomLadder>,
+}
+
+/// Looks up a room's ladder heights (`None`: the server's default).
+#[derive(Clone)]
+pub struct RoomLadder(pub Arc<LadderLookup>);
+
+/// What a [`RoomLadder`] calls: room name → its heights.
+pub type LadderLookup = dyn Fn(&str) -> Option<Vec<u32>> + Send + Sync;
+
+impl std::fmt::Debug for RoomLadder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomLadder(..)")
+    }
 }
 
 impl Default for HlsConfig {
@@ -94,6 +110,7 @@ impl Default for HlsConfig {
             parts_ahead: 2,
             sources: None,
             ladder: crate::ladder::DEFAULT_HEIGHTS.to_vec(),
+            room_ladder: None,
         }
     }
 }
@@ -341,7 +358,13 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                         epoch,
                         source_aac,
                     );
-                    ladder = live.enable_ladder(&hls.config.ladder);
+                    let heights = hls
+                        .config
+                        .room_ladder
+                        .as_ref()
+                        .and_then(|f| (f.0)(&name))
+                        .unwrap_or_else(|| hls.config.ladder.clone());
+                    ladder = live.enable_ladder(&heights);
                     for s in live.skipped() {
                         warn!(room = %name, track = s.track, codec = ?s.codec,
                             "hls: track not bridged (only H.264 video and Opus audio are)");
