@@ -32,13 +32,16 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
         "tests/browser/node_modules is missing: run scripts/test.sh \
          (or `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci` in tests/browser)"
     );
-    let server =
-        common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--admin-token", ADMIN]);
     let shots = common::repo_root().join("target/screenshots");
     let shots = shots.to_str().expect("UTF-8 path");
-    let report = common::run_json(
-        "node",
-        &[
+    // A Chromium renderer crash ("Target crashed", seen once in ~15 runs on
+    // the loaded 2-core machine) says nothing about the pages: one more try
+    // on a fresh server.
+    let mut attempt = 1;
+    let (_server, report) = loop {
+        let server =
+            common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--admin-token", ADMIN]);
+        let args = [
             "web.mjs",
             "--base",
             &server.base,
@@ -50,10 +53,17 @@ fn pages_publish_watch_fall_back_to_hls_and_count_viewers() {
             ADMIN,
             "--shots",
             shots,
-        ],
-        &dir,
-        Duration::from_secs(180),
-    );
+        ];
+        let report = common::run_json("node", &args, &dir, Duration::from_secs(180));
+        let crashed = report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Target crashed"));
+        if !crashed || attempt == 2 {
+            break (server, report);
+        }
+        eprintln!("Chromium crashed ({}): trying again", report["error"]);
+        attempt += 1;
+    };
     let ctx = |what: &str| format!("{what}\nreport: {report:#}");
     assert!(report["ok"] == true, "{}", ctx("web.mjs failed"));
     eprintln!(

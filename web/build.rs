@@ -4,6 +4,7 @@
 //!  web/node_modules/hls.js/dist/hls.min.mjs ─┐ (after `npm ci` in web/)
 //!  registry.npmjs.org tarball, sha512 from  ──┴─► OUT_DIR/hls.min.mjs (+ .gz) ─► include_bytes!
 //!  web/package-lock.json (cached in OUT_DIR)
+//!  web/assets/* ─────────────────────────────────► OUT_DIR/gz/*.gz ─► include_bytes!
 //! ```
 //!
 //! The version and the tarball's sha512 come from `web/package-lock.json`:
@@ -45,10 +46,27 @@ fn main() {
         }
     };
     std::fs::write(out.join(FILE), &js).expect("write hls.js");
+    std::fs::write(out.join(format!("{FILE}.gz")), gzip(&js)).expect("write hls.js.gz");
+
+    // Our own assets, gzipped too (served to clients that accept gzip).
+    let assets = manifest.join("assets");
+    println!("cargo:rerun-if-changed={}", assets.display());
+    let gz_dir = out.join("gz");
+    std::fs::create_dir_all(&gz_dir).expect("create OUT_DIR/gz");
+    for entry in std::fs::read_dir(&assets).expect("read web/assets") {
+        let path = entry.expect("read web/assets").path();
+        if let (Some(name), Ok(bytes)) = (path.file_name(), std::fs::read(&path)) {
+            let mut target = name.to_os_string();
+            target.push(".gz");
+            std::fs::write(gz_dir.join(target), gzip(&bytes)).expect("write a gzipped asset");
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&js).expect("gzip");
-    std::fs::write(out.join(format!("{FILE}.gz")), gz.finish().expect("gzip"))
-        .expect("write hls.js.gz");
+    gz.write_all(bytes).expect("gzip");
+    gz.finish().expect("gzip")
 }
 
 /// hls.js: from node_modules, or from the cached or

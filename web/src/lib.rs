@@ -32,11 +32,24 @@ use axum::routing::get;
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 
-/// One embedded file.
+/// One embedded file, as it is and gzipped (by `build.rs`).
 struct Asset {
     name: &'static str,
     content_type: &'static str,
     body: &'static str,
+    gzipped: &'static [u8],
+}
+
+/// `asset!("player.js", JS)`: `web/assets/player.js` and its gzipped copy.
+macro_rules! asset {
+    ($name:literal, $type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $type,
+            body: include_str!(concat!("../assets/", $name)),
+            gzipped: include_bytes!(concat!(env!("OUT_DIR"), "/gz/", $name, ".gz")),
+        }
+    };
 }
 
 const JS: &str = "text/javascript; charset=utf-8";
@@ -46,17 +59,17 @@ const SVG: &str = "image/svg+xml";
 
 /// What `/assets/{file}` serves.
 const ASSETS: &[Asset] = &[
-    asset("wish.js", JS, include_str!("../assets/wish.js")),
-    asset("whip.js", JS, include_str!("../assets/whip.js")),
-    asset("whep.js", JS, include_str!("../assets/whep.js")),
-    asset("page.js", JS, include_str!("../assets/page.js")),
-    asset("dashboard.js", JS, include_str!("../assets/dashboard.js")),
-    asset("player.js", JS, include_str!("../assets/player.js")),
-    asset("player.css", CSS, include_str!("../assets/player.css")),
-    asset("publish.js", JS, include_str!("../assets/publish.js")),
-    asset("watch.js", JS, include_str!("../assets/watch.js")),
-    asset("style.css", CSS, include_str!("../assets/style.css")),
-    asset("icon.svg", SVG, include_str!("../assets/icon.svg")),
+    asset!("wish.js", JS),
+    asset!("whip.js", JS),
+    asset!("whep.js", JS),
+    asset!("page.js", JS),
+    asset!("dashboard.js", JS),
+    asset!("player.js", JS),
+    asset!("player.css", CSS),
+    asset!("publish.js", JS),
+    asset!("watch.js", JS),
+    asset!("style.css", CSS),
+    asset!("icon.svg", SVG),
 ];
 
 /// hls.js 1.7.4 (`dist/hls.min.mjs`), plain and gzipped; empty when the
@@ -73,14 +86,6 @@ const WATCH_HTML: &str = include_str!("../assets/watch.html");
 const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; media-src 'self' blob: mediastream:; connect-src 'self'; \
      object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
-
-const fn asset(name: &'static str, content_type: &'static str, body: &'static str) -> Asset {
-    Asset {
-        name,
-        content_type,
-        body,
-    }
-}
 
 /// The routes of the pages and their assets; merged into the server's router.
 pub fn router() -> Router {
@@ -106,11 +111,27 @@ fn page(html: &'static str) -> Response {
     response
 }
 
-async fn serve_asset(Path(file): Path<String>) -> Response {
-    match ASSETS.iter().find(|a| a.name == file) {
-        Some(a) => file_response(a.content_type, a.body),
-        None => not_found(),
+async fn serve_asset(Path(file): Path<String>, headers: http::HeaderMap) -> Response {
+    let Some(a) = ASSETS.iter().find(|a| a.name == file) else {
+        return not_found();
+    };
+    if !accepts_gzip(&headers) {
+        return file_response(a.content_type, a.body);
     }
+    let mut response = file_response(a.content_type, "");
+    *response.body_mut() = axum::body::Body::from(a.gzipped);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}
+
+fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
 }
 
 fn file_response(content_type: &'static str, body: &'static str) -> Response {
@@ -136,11 +157,7 @@ async fn serve_hls_js(headers: http::HeaderMap) -> Response {
     if HLS_JS.is_empty() {
         return not_found();
     }
-    let gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let gzip = accepts_gzip(&headers);
     let mut response = (
         [
             (header::CONTENT_TYPE, JS),
@@ -249,6 +266,26 @@ mod tests {
             }
         }
         assert!(checked >= 10, "found only {checked} references");
+    }
+
+    #[tokio::test]
+    async fn assets_are_gzipped_for_clients_that_accept_it() {
+        let request = Request::get("/assets/player.js")
+            .header(header::ACCEPT_ENCODING, "gzip, deflate")
+            .body(Body::empty())
+            .unwrap();
+        let response = router().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(response.headers()[header::VARY], "Accept-Encoding");
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let player = ASSETS.iter().find(|a| a.name == "player.js").unwrap();
+        assert!(body.len() < player.body.len() / 2, "{} bytes", body.len());
+        assert_eq!(&body[..2], &[0x1f, 0x8b], "not gzip");
+        // Without Accept-Encoding: as it is.
+        let (_, headers, body) = get("/assets/player.js").await;
+        assert!(!headers.contains_key(header::CONTENT_ENCODING));
+        assert_eq!(body, player.body);
     }
 
     #[tokio::test]
