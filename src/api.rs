@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -131,6 +132,8 @@ async fn metrics(State(api): State<Api>) -> Result<Response, Problem> {
         statuses: &statuses,
         hls_viewers: &hls,
         uptime_secs: api.started.elapsed().as_secs_f64(),
+        ladder_rungs_dropped: hls_bridge::ladder::RUNGS_DROPPED.load(Ordering::Relaxed),
+        ladder_frames_dropped: hls_bridge::ladder::FRAMES_DROPPED.load(Ordering::Relaxed),
         process: crate::metrics::Process::read(),
     });
     Ok((

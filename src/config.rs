@@ -68,6 +68,10 @@ pub struct Cli {
     #[arg(long, env = "DIONYSIA_RTMP_LISTEN")]
     pub rtmp_listen: Option<String>,
 
+    /// Most RTMP connections at once from one IP address [default: 8]
+    #[arg(long, env = "DIONYSIA_RTMP_MAX_CONNECTIONS_PER_IP")]
+    pub rtmp_max_connections_per_ip: Option<usize>,
+
     /// A bearer token for the admin API (repeatable). With none here and none
     /// stored, the first start generates one, stores its hash and prints it once.
     #[arg(
@@ -154,6 +158,7 @@ pub struct FileConfig {
     pub max_sessions: Option<usize>,
     pub publisher_grace: Option<u64>,
     pub rtmp_listen: Option<String>,
+    pub rtmp_max_connections_per_ip: Option<usize>,
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub admin_tokens: Vec<String>,
@@ -177,6 +182,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// RTMP ingest; `None` when switched off.
     pub rtmp_listen: Option<SocketAddr>,
+    pub rtmp_max_connections_per_ip: usize,
     pub sfu: sfu::SfuConfig,
     pub rooms: Vec<RoomConfig>,
     pub ice_servers: Vec<IceServer>,
@@ -301,6 +307,11 @@ impl Config {
             rtmp_listen: parse_rtmp_listen(
                 cli.rtmp_listen.as_deref().or(file.rtmp_listen.as_deref()),
             )?,
+            rtmp_max_connections_per_ip: cli
+                .rtmp_max_connections_per_ip
+                .or(file.rtmp_max_connections_per_ip)
+                .unwrap_or(8)
+                .max(1),
             http_listen: cli
                 .http_listen
                 .or(file.http_listen)

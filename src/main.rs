@@ -97,6 +97,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     serde_json::json!({"reason": r.reason, "ingest": "rtmp", "remote_ip": r.remote_ip.to_string()}),
                 );
             }))),
+            max_connections_per_ip: config.rtmp_max_connections_per_ip,
             ..rtmp::ServerConfig::default()
         };
         tracing::info!("RTMP ingest on {addr}");

@@ -22,6 +22,9 @@ pub struct Snapshot<'a> {
     /// HLS viewers of a room.
     pub hls_viewers: &'a dyn Fn(&str) -> usize,
     pub uptime_secs: f64,
+    /// The HLS ladder's overload shedding: renditions stopped, pictures skipped.
+    pub ladder_rungs_dropped: u64,
+    pub ladder_frames_dropped: u64,
     pub process: Option<Process>,
 }
 
@@ -250,6 +253,31 @@ pub fn render(s: &Snapshot<'_>) -> String {
         );
     }
 
+    family(
+        &mut out,
+        "dionysia_hls_ladder_rungs_dropped_total",
+        "counter",
+        "HLS ladder renditions stopped because transcoding fell behind live.",
+    );
+    sample(
+        &mut out,
+        "dionysia_hls_ladder_rungs_dropped_total",
+        &[],
+        s.ladder_rungs_dropped as f64,
+    );
+    family(
+        &mut out,
+        "dionysia_hls_ladder_frames_dropped_total",
+        "counter",
+        "Source pictures the HLS ladder skipped to stay live.",
+    );
+    sample(
+        &mut out,
+        "dionysia_hls_ladder_frames_dropped_total",
+        &[],
+        s.ladder_frames_dropped as f64,
+    );
+
     if let Some(p) = s.process {
         family(
             &mut out,
@@ -356,6 +384,8 @@ mod tests {
             statuses: &statuses,
             hls_viewers: &hls,
             uptime_secs: 60.0,
+            ladder_rungs_dropped: 1,
+            ladder_frames_dropped: 42,
             process: Some(Process {
                 cpu_secs: 1.5,
                 resident_bytes: 4096,
@@ -376,6 +406,8 @@ mod tests {
             "dionysia_room_viewer_packets_forwarded{room=\"show\"} 200",
             "dionysia_room_viewer_packets_dropped{room=\"show\"} 14",
             "process_cpu_seconds_total 1.5",
+            "dionysia_hls_ladder_rungs_dropped_total 1",
+            "dionysia_hls_ladder_frames_dropped_total 42",
             "process_resident_memory_bytes 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
