@@ -271,6 +271,8 @@ const LOSS_INTERVAL: Duration = Duration::from_millis(500);
 /// Share of a viewer's video packets NACKed in an interval that means its
 /// link is saturated.
 const LOSS_THRESHOLD: f64 = 0.08;
+/// Least time between layer ticks pulled forward by a viewer's new loss cap.
+const LOSS_TICK_SPACING: Duration = Duration::from_millis(100);
 /// How long a loss-based cap holds the viewer down.
 const LOSS_HOLD: Duration = Duration::from_secs(4);
 /// A publisher silent this long may be replaced by a new one in its room.
@@ -1227,7 +1229,18 @@ impl Engine {
             .map_or(0, |s| s.bitrate);
         let cap = current / 2;
         debug!(session = %peer.session, packets, nacks, cap, "heavy loss: capping the viewer's bandwidth");
+        let new_cap = peer.loss_cap.is_none_or(|(_, until)| now >= until);
         peer.loss_cap = Some((cap, now + LOSS_HOLD));
+        if new_cap {
+            // Act on it now rather than at the next tick (up to 500 ms of
+            // more overload), but tick at most every LOSS_TICK_SPACING when
+            // many viewers hit loss at once.
+            let soonest = self.last_tick.map_or(now, |t| t + LOSS_TICK_SPACING);
+            let at = soonest.max(now);
+            if self.next_tick.is_none_or(|t| at < t) {
+                self.next_tick = Some(at);
+            }
+        }
     }
 
     /// A viewer asks for a layer (or automatic choice again).
