@@ -213,13 +213,16 @@ pub async fn hls_access(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let Some((room, rest)) = path
-        .strip_prefix("/hls/")
-        .and_then(|rest| rest.split_once('/'))
-        .filter(|(room, _)| !room.is_empty())
-    else {
+    let Some(under) = path.strip_prefix("/hls/") else {
         return next.run(request).await;
     };
+    let (room, rest) = under.split_once('/').unwrap_or((under, ""));
+    // The router percent-decodes the room (`%70riv` is `priv`), and no
+    // room name needs encoding: a segment that is not a name as sent
+    // could only slip past the check below, so it goes no further.
+    if validate_room_name(room).is_err() {
+        return Problem::not_found(format!("no room {room:?}")).into_response();
+    }
     let token = request
         .uri()
         .query()
@@ -329,6 +332,53 @@ mod tests {
         assert_eq!(query_token("a=1&token=xyz.abc&b"), Some("xyz.abc"));
         assert_eq!(query_token("token="), None);
         assert_eq!(query_token("_HLS_msn=3"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_hls_gate_sees_the_room_the_router_decodes() {
+        use axum::extract::Path;
+        let dir = std::env::temp_dir().join(format!(
+            "dionysia-hls-gate-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir).unwrap());
+        let private = RoomSettings {
+            private: true,
+            ..RoomSettings::default()
+        };
+        store.insert_room(&new_room("priv", private)).unwrap();
+        store
+            .insert_room(&new_room("pub", RoomSettings::default()))
+            .unwrap();
+        let key = Arc::new(ViewerTokenKey::new(b"k".repeat(32)));
+        let gate = HlsGate {
+            rooms: Arc::new(StoredRooms::new(store, key)),
+            audience: Arc::new(HlsAudience::default()),
+        };
+        // Stands in for the bridge: it serves whatever room axum decoded.
+        let app = axum::Router::new()
+            .route(
+                "/hls/{room}/index.m3u8",
+                axum::routing::get(|Path(room): Path<String>| async move { room }),
+            )
+            .layer(axum::middleware::from_fn_with_state(gate, hls_access));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let status = |path: &'static str| async move {
+            reqwest::get(format!("http://{addr}{path}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(status("/hls/pub/index.m3u8").await, 200);
+        assert_eq!(status("/hls/priv/index.m3u8").await, 401);
+        for encoded in ["/hls/%70riv/index.m3u8", "/hls/pri%76/index.m3u8"] {
+            assert_eq!(status(encoded).await, 404, "{encoded}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
