@@ -515,7 +515,12 @@ impl Engine {
         // fails the whole answer ("Failed to setup RTCP mux"). So accept
         // it with a codec of its kind; nothing is ever sent on it.
         for (kind, placeholder) in [
-            (MediaKind::Video, IngestCodec::H264 { profile_level_id: 0x42e01f }),
+            (
+                MediaKind::Video,
+                IngestCodec::H264 {
+                    profile_level_id: 0x42e01f,
+                },
+            ),
             (MediaKind::Audio, IngestCodec::Opus { channels: 2 }),
         ] {
             let (_, p) = ingest_params(placeholder);
