@@ -882,7 +882,8 @@ async fn get_room(
     Ok(room_response(&api, &headers, &room, status.as_ref()))
 }
 
-/// Change settings. Making a room private ends the sessions of its current viewers.
+/// Change settings. Making a room private, or HLS-only (`webrtc: false`),
+/// ends the sessions of its current WebRTC viewers.
 #[utoipa::path(
     patch,
     path = "/api/v1/rooms/{room}",
@@ -900,7 +901,7 @@ async fn update_room(
     let mut room = find_room(&api, &key)?;
     let req: UpdateRoom = json_body(&headers, body, false).await?;
     check_ladder(&req.ladder)?;
-    let was_private = room.settings.private;
+    let (was_private, was_webrtc) = (room.settings.private, room.settings.webrtc);
     let s = &mut room.settings;
     if let Some(v) = req.private {
         s.private = v;
@@ -926,8 +927,10 @@ async fn update_room(
         return Err(Problem::not_found(format!("no room {key:?}")));
     }
     let mut status = api.sfu.room_status(&room.name).await;
-    if room.settings.private && !was_private {
-        // Viewers admitted while the room was public hold no token.
+    let private_now = room.settings.private && !was_private;
+    if private_now || (was_webrtc && !room.settings.webrtc) {
+        // Viewers admitted while the room was public hold no token; an
+        // HLS-only room has no WebRTC viewers.
         if let Some(s) = &status {
             for v in &s.viewers {
                 let _ = api.sfu.kick(&room.name, &v.session).await;

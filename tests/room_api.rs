@@ -533,6 +533,13 @@ fn room_settings_rule_webrtc_and_hls_and_hls_viewers_are_counted() {
     assert!(body["detail"].as_str().unwrap().contains("HLS"), "{body}");
     // WebRTC on again: WHEP answers.
     assert_eq!(whep_post(&s, "hall", None).status().as_u16(), 201);
+    // And off again: the WebRTC viewer it had is gone too.
+    let r = admin(c.patch(s.url("/api/v1/rooms/hall")))
+        .json(&json!({"webrtc": false}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(json_of(r)["live"]["viewers"]["webrtc"], 0);
 
     // A private HLS-only room asks for the token first, then says HLS-only.
     let r = admin(c.patch(s.url("/api/v1/rooms/hall")))
