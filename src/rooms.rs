@@ -221,7 +221,7 @@ pub async fn hls_access(
     // room name needs encoding: a segment that is not a name as sent
     // could only slip past the check below, so it goes no further.
     if validate_room_name(room).is_err() {
-        return Problem::not_found(format!("no room {room:?}")).into_response();
+        return refused(Problem::not_found(format!("no room {room:?}")));
     }
     let token = request
         .uri()
@@ -229,7 +229,7 @@ pub async fn hls_access(
         .and_then(query_token)
         .or_else(|| wish::bearer(request.headers()));
     if let Err(problem) = gate.rooms.hls_access(room, token) {
-        return problem.into_response();
+        return refused(problem);
     }
     let playlist = rest.ends_with(".m3u8");
     let (room, source) = (room.to_string(), source_of(&request));
@@ -237,6 +237,18 @@ pub async fn hls_access(
     if playlist && response.status().is_success() {
         gate.audience.seen(&room, source, Instant::now());
     }
+    response
+}
+
+/// A refusal of the gate, never cached (as the bridge's own errors): a
+/// room made public again, or a token added, must work at once through a
+/// CDN.
+fn refused(problem: Problem) -> Response {
+    let mut response = problem.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static(hls_bridge::service::CACHE_ERROR),
+    );
     response
 }
 
@@ -368,11 +380,11 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let status = |path: &'static str| async move {
-            reqwest::get(format!("http://{addr}{path}"))
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+            if !r.status().is_success() {
+                assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+            }
+            r.status().as_u16()
         };
         assert_eq!(status("/hls/pub/index.m3u8").await, 200);
         assert_eq!(status("/hls/priv/index.m3u8").await, 401);
