@@ -465,6 +465,25 @@ fn ok(content_type: &'static str, cache: &'static str, body: HttpBody) -> Respon
     r
 }
 
+/// Longest query a playlist request may have: the playlist repeats it in
+/// every URI it lists (a hundred in a media playlist with parts), so a
+/// long one would make each answer megabytes. Viewer tokens and CDN
+/// signatures are a few hundred bytes.
+pub const MAX_PLAYLIST_QUERY: usize = 2048;
+
+/// A problem when a playlist request's query is longer than
+/// [`MAX_PLAYLIST_QUERY`].
+fn check_query_len(query: Option<&str>) -> Result<(), Problem> {
+    match query {
+        Some(q) if q.len() > MAX_PLAYLIST_QUERY => Err(Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "hls-query-too-long",
+            format!("a playlist's query is at most {MAX_PLAYLIST_QUERY} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The part of a playlist request's query that the URIs it lists must
 /// carry: everything but the `_HLS_` directives (a viewer token for a
 /// private room, a CDN's signature). `None` when nothing is left.
@@ -521,6 +540,9 @@ async fn multivariant(
     Path(room): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if let Err(p) = check_query_len(query.as_deref()) {
+        return problem(p);
+    }
     let session = match hls.session(&room).await {
         Ok(s) => s,
         Err(p) => return problem(p),
@@ -606,6 +628,11 @@ async fn file(
     let Some(resource) = Resource::parse(&file) else {
         return problem(Problem::not_found(format!("no file {file:?}")));
     };
+    if resource == Resource::MediaPlaylist {
+        if let Err(p) = check_query_len(query.as_deref()) {
+            return problem(p);
+        }
+    }
     let Some(room_handle) = hls.room(&room).await else {
         return problem(not_live(&room));
     };
@@ -847,6 +874,18 @@ mod tests {
             assert_eq!(h[header::CACHE_CONTROL], CACHE_ERROR, "{uri}");
             assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*", "{uri}");
         }
+        // A query every listed URI would repeat is refused before any lookup.
+        let long = "x".repeat(MAX_PLAYLIST_QUERY);
+        for uri in [
+            format!("/hls/nobody/index.m3u8?token={long}"),
+            format!("/hls/nobody/1a2b/video-h/media.m3u8?token={long}"),
+        ] {
+            let r = get(&app, &uri).await;
+            assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+            assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_ERROR);
+        }
+        let fits = format!("/hls/nobody/index.m3u8?{}", &long[..MAX_PLAYLIST_QUERY]);
+        assert_eq!(get(&app, &fits).await.status(), StatusCode::NOT_FOUND);
         // Not a file of ours: 404 before any room lookup.
         let r = get(&app, "/hls/nobody/1a2b/video-h/seg01.m4s").await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
