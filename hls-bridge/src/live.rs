@@ -310,6 +310,16 @@ impl LiveSession {
         };
         let source = self.routes.get(track)?.first()?.as_ref()?;
         let source_track = source.track;
+        // Rungs are even (4:2:0) and found again by height: name the
+        // renditions by the heights made, once each, or a rung's pictures
+        // would land in another rung's rendition.
+        let mut even: Vec<u32> = Vec::with_capacity(heights.len());
+        for h in heights.iter().map(|h| h & !1) {
+            if !even.contains(&h) {
+                even.push(h);
+            }
+        }
+        let heights = &even[..];
         let mut renditions = Vec::new();
         for &h in heights {
             let name = format!("video-{h}p");
@@ -703,6 +713,18 @@ mod tests {
             s.renditions(),
             ["video", "video-480p", "video-120p", "video-90p"]
         );
+        // Odd or repeated heights: one rendition per even height made, and
+        // each rung's pictures go to its own.
+        let mut odd = LiveSession::new(&single, BridgeConfig::default(), AudioOutput::Opus, 0);
+        let mut odd_rx = odd.enable_ladder(&[121, 90, 90]).expect("a ladder");
+        assert_eq!(odd.renditions(), ["video", "video-120p", "video-90p"]);
+        for p in &packetize(&fixture_access_units(), 1200, 0)[..8] {
+            odd.push(&tap_packet(0, 0, 102, p), Duration::ZERO);
+        }
+        let l = odd.ladder.as_ref().unwrap();
+        let made: Vec<u32> = l.map.iter().map(|&i| l.renditions[i].2).collect();
+        assert_eq!(made, [120, 90]);
+        while odd_rx.try_recv().is_ok() {}
         // Simulcast publishes get none.
         let mut simulcast =
             LiveSession::new(&tracks(), BridgeConfig::default(), AudioOutput::Opus, 0);
