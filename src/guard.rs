@@ -42,6 +42,30 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// The RTMP ingest's refusals, counted as this guard counts HTTP ones:
+    /// an unknown stream key is a failed authentication of its source, and
+    /// a source past the limit raises no more `publisher.rejected` webhooks
+    /// (each would be up to five deliveries, stored).
+    pub fn rtmp_rejections(&self) -> rtmp::RejectionHook {
+        let g = self.clone();
+        rtmp::RejectionHook(Arc::new(move |r: rtmp::Rejection| {
+            let now = Instant::now();
+            if g.limiter.blocked(r.remote_ip, now).is_some() {
+                return;
+            }
+            if r.room.is_none() {
+                g.limiter.record_failure(r.remote_ip, now);
+            }
+            g.webhooks.emit(
+                "publisher.rejected",
+                r.room.as_deref().unwrap_or(""),
+                json!({"reason": r.reason, "ingest": "rtmp", "remote_ip": r.remote_ip.to_string()}),
+            );
+        }))
+    }
+}
+
 pub async fn guard(State(g): State<Guard>, request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
     let guarded = ["/api/", "/whip/", "/whep/", "/hls/", "/metrics"]
@@ -91,4 +115,28 @@ pub async fn guard(State(g): State<Guard>, request: Request<Body>, next: Next) -
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_rtmp_stream_keys_count_as_failed_authentications() {
+        let guard = Guard::new(2, Webhooks::disabled());
+        let hook = guard.rtmp_rejections();
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let rejection = |room: Option<&str>| rtmp::Rejection {
+            room: room.map(str::to_string),
+            reason: "",
+            remote_ip: ip,
+        };
+        // A key that names a live room is no failed authentication.
+        (hook.0)(rejection(Some("busy")));
+        (hook.0)(rejection(Some("busy")));
+        assert!(guard.limiter.blocked(ip, Instant::now()).is_none());
+        (hook.0)(rejection(None));
+        (hook.0)(rejection(None));
+        assert!(guard.limiter.blocked(ip, Instant::now()).is_some());
+    }
 }

@@ -68,6 +68,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.webhook_secret.clone(),
         store.clone(),
     );
+    let guard = guard::Guard::new(config.auth_failure_limit, webhooks.clone());
     let rooms = store.rooms()?;
     // RTMP publishers offer their original AAC here; the HLS bridge takes it
     // untouched instead of transcoding the room's Opus back to AAC.
@@ -87,16 +88,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     None
                 }
             });
-        let hooks = webhooks.clone();
         let rtmp_config = rtmp::ServerConfig {
             sources: Some(sources.clone()),
-            on_rejected: Some(rtmp::RejectionHook(Arc::new(move |r: rtmp::Rejection| {
-                hooks.emit(
-                    "publisher.rejected",
-                    r.room.as_deref().unwrap_or(""),
-                    serde_json::json!({"reason": r.reason, "ingest": "rtmp", "remote_ip": r.remote_ip.to_string()}),
-                );
-            }))),
+            on_rejected: Some(guard.rtmp_rejections()),
             max_connections_per_ip: config.rtmp_max_connections_per_ip,
             ..rtmp::ServerConfig::default()
         };
@@ -130,7 +124,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         public_url: config.public_url.clone(),
         http_listen: config.http_listen,
     };
-    let guard = guard::Guard::new(config.auth_failure_limit, webhooks);
     let app = Router::new()
         .merge(whip::router())
         .merge(whep::router())

@@ -69,6 +69,12 @@ impl Webhooks {
         Webhooks { tx: Some(tx) }
     }
 
+    /// A handle that drops every event (no URLs configured).
+    #[cfg(test)]
+    pub fn disabled() -> Webhooks {
+        Webhooks { tx: None }
+    }
+
     /// Queues an event; never waits.
     pub fn emit(&self, kind: &'static str, room: &str, data: serde_json::Value) {
         let Some(tx) = &self.tx else { return };
