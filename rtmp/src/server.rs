@@ -75,6 +75,14 @@ impl std::fmt::Debug for RejectionHook {
 /// Without a video config after this much audio, a stream is audio-only.
 const AUDIO_ONLY_AFTER_MS: u32 = 1000;
 
+/// Whether a stream with no video config yet publishes audio only: its
+/// metadata announced no video, or a second of audio came without one. A
+/// timestamp before the first (encoders jitter) is no time waited; it used
+/// to wrap around to "49 days" and drop the video that followed.
+fn audio_only(video_announced: Option<bool>, first_ms: u32, pts_ms: u32) -> bool {
+    video_announced == Some(false) || pts_ms.saturating_sub(first_ms) >= AUDIO_ONLY_AFTER_MS
+}
+
 /// Tunables of the RTMP server; the defaults run out of the box.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -523,10 +531,7 @@ impl Connection {
             AudioEvent::Frame(frame) => {
                 if self.publisher.is_none() && !self.finished && self.aac.is_some() {
                     let first = *self.first_audio_ms.get_or_insert(frame.pts_ms);
-                    let waited = frame.pts_ms.wrapping_sub(first);
-                    let audio_only = self.avc.is_none()
-                        && (self.video_announced == Some(false) || waited >= AUDIO_ONLY_AFTER_MS);
-                    if audio_only {
+                    if self.avc.is_none() && audio_only(self.video_announced, first, frame.pts_ms) {
                         self.start_publication().await?;
                     }
                 }
@@ -658,6 +663,17 @@ mod tests {
         s.constraint_flags = constraint_flags;
         s.level_idc = level_idc;
         s
+    }
+
+    #[test]
+    fn audio_only_after_a_second_of_audio_or_when_no_video_is_announced() {
+        assert!(!audio_only(None, 5_000, 5_999));
+        assert!(audio_only(None, 5_000, 6_000));
+        assert!(audio_only(Some(false), 5_000, 5_000));
+        assert!(!audio_only(Some(true), 5_000, 5_500));
+        // A frame a little before the first is not 49 days later.
+        assert!(!audio_only(None, 5_000, 4_977));
+        assert!(!audio_only(Some(true), 5_000, 4_977));
     }
 
     #[test]
