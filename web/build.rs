@@ -32,7 +32,10 @@ fn main() {
     let lock = manifest.join("package-lock.json");
     let local = manifest.join("node_modules/hls.js/dist").join(FILE);
     println!("cargo:rerun-if-changed={}", lock.display());
-    println!("cargo:rerun-if-changed={}", local.display());
+    // A missing file would rerun this script (and its download) on every
+    // build: watch web/ instead until `npm ci` has made it.
+    let watched = if local.exists() { &local } else { &manifest };
+    println!("cargo:rerun-if-changed={}", watched.display());
     println!("cargo:rerun-if-env-changed=DIONYSIA_WEB_OFFLINE");
 
     let js = match hls_js(&lock, &local, &out) {
