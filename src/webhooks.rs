@@ -5,7 +5,7 @@
 //!  HTTP guard (a WHIP POST answered 401/409) ───────── publisher.rejected ────────┼─► queue
 //!                                                                                 │  (bounded,
 //!  dispatcher task ◄──────────────────────────────────────────────────────────────┘   try_send)
-//!     └─► one task per (event, URL): POST signed JSON, retry with backoff,
+//!     └─► one task per (event, URL), at most IN_FLIGHT at once: POST signed JSON, retry with backoff,
 //!         every attempt recorded in the store (GET /api/v1/webhooks/deliveries)
 //! ```
 //!
@@ -32,6 +32,10 @@ use crate::store::{Delivery, Store};
 
 /// Events waiting for the dispatcher; past this, new events are dropped.
 const QUEUE: usize = 1024;
+/// Deliveries (with their retries) in flight at once; past this the
+/// dispatcher waits, so the queue fills and new events are dropped instead
+/// of tasks piling up behind a slow or dead receiver.
+const IN_FLIGHT: usize = 256;
 /// Attempts per event and URL, and the wait before the first retry (doubling).
 pub const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -65,7 +69,7 @@ impl Webhooks {
             return Webhooks { tx: None };
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(dispatch(rx, urls, secret, store));
+        tokio::spawn(dispatch(rx, urls, secret, store, IN_FLIGHT));
         Webhooks { tx: Some(tx) }
     }
 
@@ -96,6 +100,7 @@ async fn dispatch(
     urls: Vec<String>,
     secret: String,
     store: Arc<dyn Store>,
+    in_flight: usize,
 ) {
     let client = match reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
@@ -107,17 +112,25 @@ async fn dispatch(
         Err(e) => return warn!("webhooks disabled: {e}"),
     };
     let secret = Arc::new(secret);
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(event) = rx.recv().await {
         let body = Arc::new(serde_json::to_vec(&event).unwrap_or_default());
         for url in &urls {
-            tokio::spawn(deliver(
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let delivery = deliver(
                 client.clone(),
                 url.clone(),
                 event.clone(),
                 body.clone(),
                 secret.clone(),
                 store.clone(),
-            ));
+            );
+            tokio::spawn(async move {
+                delivery.await;
+                drop(slot);
+            });
         }
     }
 }
@@ -309,6 +322,40 @@ pub async fn watch(sfu: sfu::Sfu, store: Arc<dyn Store>, webhooks: Webhooks, key
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver that accepts and never answers holds its deliveries; the
+    /// dispatcher starts no more than its limit meanwhile.
+    #[tokio::test]
+    async fn deliveries_in_flight_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("dionysia-hooks-{}", fastrand::u64(..)));
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&dir).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(dispatch(rx, vec![url], "s".into(), store, 2));
+        for i in 0..5 {
+            let event = Event {
+                id: format!("evt_{i}"),
+                kind: "room.started",
+                created_at: 0,
+                room: "r".into(),
+                data: json!({}),
+            };
+            tx.send(event).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn signature_is_hmac_of_time_dot_body() {
