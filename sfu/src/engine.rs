@@ -37,7 +37,7 @@ use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
 use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, StartDelay};
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
-use crate::layers::{LayerCap, LayerInfo, LayerSelector};
+use crate::layers::{congestion_cap, LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
 use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack};
 use crate::{
@@ -127,11 +127,23 @@ struct Egress {
     forwarder: Forwarder,
     /// Video: which layer this viewer should get.
     selector: LayerSelector,
-    /// Cumulative (packets, NACKs) at the last egress stats, for loss rates.
-    last_egress: (u64, u64),
+    /// Cumulative counters at the last egress stats, for loss and rates.
+    last_egress: EgressCounts,
     /// Video started from a replayed GOP: the playout-delay hint it gets
     /// while catching up (see `gop::StartDelay`).
     start_delay: Option<StartDelay>,
+}
+
+/// A viewer's egress counters as str0m last reported them.
+#[derive(Debug, Default, Clone, Copy)]
+struct EgressCounts {
+    packets: u64,
+    nacks: u64,
+    bytes: u64,
+    at: Option<Instant>,
+    /// From the viewer's last receiver report: (highest sequence number,
+    /// cumulative packets lost).
+    report: Option<(u64, u64)>,
 }
 
 struct Room {
@@ -242,6 +254,11 @@ const AUDIO_ALLOWANCE: u64 = 100_000;
 /// Each entry costs ~530 bytes of str0m bookkeeping per viewer (payloads
 /// are shared): 300 packets measured 271 KiB of RSS per viewer, 150 191 KiB.
 const RTX_CACHE_PACKETS: usize = 150;
+/// str0m's defaults for the rest of the RTX cache, restated to empty it (see
+/// `tick`): the oldest packet a NACK is answered for, and the share of
+/// resends past which queued resends are dropped.
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 /// A viewer's audio send buffer (str0m's default is 50 packets = 1 s).
 const AUDIO_SEND_BUFFER: usize = 20;
 /// A cached GOP of the viewer's own layer younger than this is replayed as
@@ -271,6 +288,10 @@ const LOSS_INTERVAL: Duration = Duration::from_millis(500);
 /// Share of a viewer's video packets NACKed in an interval that means its
 /// link is saturated.
 const LOSS_THRESHOLD: f64 = 0.08;
+/// Share of a viewer's video packets its receiver reports say were lost
+/// that means its link is saturated (a cut to 350 kbit/s under 1.2 Mbit/s
+/// showed 58-79%; random loss of a few percent must not move layers).
+const REPORTED_LOSS_THRESHOLD: f64 = 0.2;
 /// Least time between layer ticks pulled forward by a viewer's new loss cap.
 const LOSS_TICK_SPACING: Duration = Duration::from_millis(100);
 /// How long a loss-based cap holds the viewer down.
@@ -808,13 +829,14 @@ impl Engine {
         match event {
             Event::RtpPacket(packet) => self.forward(now, id, packet),
             Event::KeyframeRequest(req) => {
-                // A viewer lost its picture: ask the publisher of the layer it watches.
+                // A viewer lost its picture: ask the publisher of the layer it
+                // goes to (a pending switch's keyframe repairs it too).
                 if let Some(egress) = peer.egress.iter().find(|e| e.mid == req.mid) {
                     let track = egress.track;
                     let layer = egress
                         .forwarder
-                        .current()
-                        .or(egress.forwarder.target())
+                        .target()
+                        .or(egress.forwarder.current())
                         .map(|s| s.layer);
                     let room = peer.room.clone();
                     if let Some(layer) = layer {
@@ -1018,7 +1040,7 @@ impl Engine {
             pt_map,
             forwarder: fwd,
             selector,
-            last_egress: (0, 0),
+            last_egress: EgressCounts::default(),
             start_delay: None,
         });
     }
@@ -1140,6 +1162,7 @@ impl Engine {
                 // What BWE should probe for (the best layers, with headroom)
                 // and the padding floor (the next layer up from each current).
                 let (mut desired, mut minimum) = (0u64, 0u64);
+                let mut overloaded_any = false;
                 for e in sub.egress.iter_mut() {
                     let track = &room.tracks[e.track];
                     if track.kind != MediaKind::Video {
@@ -1168,7 +1191,29 @@ impl Engine {
                         generation: room.generation,
                         layer: layer as u8,
                     };
-                    if e.forwarder.target() != Some(source) {
+                    // Down because the layer being sent no longer fits: it
+                    // stops at once (see `Forwarder::switch_now`) rather than
+                    // fill the link the new layer's keyframe has to cross.
+                    let sending = e
+                        .forwarder
+                        .current()
+                        .and_then(|s| layers.get(s.layer as usize))
+                        .map_or(0, |l| l.bitrate);
+                    let overloaded =
+                        sending > current && (cap.is_some() || share.is_some_and(|s| s < sending));
+                    if overloaded && e.forwarder.current() != Some(source) {
+                        overloaded_any = true;
+                        if e.forwarder.target() != Some(source) || !e.forwarder.cutting_over() {
+                            debug!(session = %sub.session, layer, ?share, "viewer layer down at once");
+                            // Nor resend the old layer's lost packets: its
+                            // frames will not be completed, and resends
+                            // would take the link from the new keyframe.
+                            if let Some(tx) = sub.rtc.direct_api().stream_tx(&e.ssrc) {
+                                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+                            }
+                        }
+                        e.forwarder.switch_now(source);
+                    } else if e.forwarder.target() != Some(source) {
                         debug!(session = %sub.session, layer, ?share, "viewer layer target changed");
                         e.forwarder.set_target(source);
                     }
@@ -1176,9 +1221,27 @@ impl Engine {
                         keyframes.push((name.clone(), e.track, layer as u8));
                     }
                 }
+                // A layer that stopped fitting holds the viewer down (and
+                // stops padding) as heavy loss does: the estimate that
+                // showed it lags the cut and must not pad the link full.
+                let cap = match (cap, share) {
+                    (None, Some(s)) if overloaded_any => {
+                        sub.loss_cap = Some((s * videos as u64, now + LOSS_HOLD));
+                        Some(s * videos as u64)
+                    }
+                    (c, _) => c,
+                };
                 if desired > 0 && sub.connected {
-                    let desired = desired + AUDIO_ALLOWANCE;
-                    let minimum = (minimum + AUDIO_ALLOWANCE).min(desired);
+                    let (minimum, desired) = match (cap, estimate) {
+                        // Capped by loss: no padding toward the next layer
+                        // and no probe (both would fill the link the new
+                        // layer's keyframe has to cross) until the hold ends.
+                        (Some(_), Some(e)) => (0, e),
+                        _ => {
+                            let desired = desired + AUDIO_ALLOWANCE;
+                            ((minimum + AUDIO_ALLOWANCE).min(desired), desired)
+                        }
+                    };
                     sub.rtc
                         .bwe()
                         .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
@@ -1198,9 +1261,11 @@ impl Engine {
     }
 
     /// Delay-based estimates lag a sudden cut of bandwidth by seconds, while
-    /// the viewer's NACKs show the loss at once: past `LOSS_THRESHOLD` of a
-    /// video stream's packets NACKed in an interval, the viewer's bandwidth
-    /// is capped below its current layer for `LOSS_HOLD`.
+    /// the viewer's NACKs and receiver reports show the loss at once: past
+    /// `LOSS_THRESHOLD` of a video stream's packets NACKed or
+    /// `REPORTED_LOSS_THRESHOLD` reported lost in an interval, the viewer's bandwidth is capped for `LOSS_HOLD` at
+    /// what got through, at most half its current layer (see
+    /// `layers::congestion_cap`), so one step reaches the layer that fits.
     fn egress_loss(&mut self, now: Instant, id: PeerId, stats: &str0m::stats::MediaEgressStats) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
@@ -1218,12 +1283,33 @@ impl Engine {
         else {
             return;
         };
+        let last = e.last_egress;
+        let report = stats
+            .remote
+            .as_ref()
+            .map(|r| (*r.maximum_sequence_number, r.packets_lost));
+        e.last_egress = EgressCounts {
+            packets: stats.packets,
+            nacks: stats.nacks,
+            bytes: stats.bytes,
+            at: Some(now),
+            report,
+        };
         let (packets, nacks) = (
-            stats.packets.saturating_sub(e.last_egress.0),
-            stats.nacks.saturating_sub(e.last_egress.1),
+            stats.packets.saturating_sub(last.packets),
+            stats.nacks.saturating_sub(last.nacks),
         );
-        e.last_egress = (stats.packets, stats.nacks);
-        let lossy = packets >= 20 && nacks as f64 > packets as f64 * LOSS_THRESHOLD;
+        // The share lost between the viewer's last two receiver reports
+        // (NACK counts are RTCP messages, each naming several packets: they
+        // show loss early but not how much).
+        let reported_loss = match (last.report, report) {
+            (Some((seq0, lost0)), Some((seq1, lost1))) if seq1 >= seq0 + 20 => {
+                Some((lost1.saturating_sub(lost0) as f64 / (seq1 - seq0) as f64).min(1.0))
+            }
+            _ => None,
+        };
+        let lossy = (packets >= 20 && nacks as f64 > packets as f64 * LOSS_THRESHOLD)
+            || reported_loss.is_some_and(|l| l > REPORTED_LOSS_THRESHOLD);
         if !lossy {
             return;
         }
@@ -1232,9 +1318,21 @@ impl Engine {
             .current()
             .and_then(|s| track.stats.get(s.layer as usize))
             .map_or(0, |s| s.bitrate);
-        let cap = current / 2;
-        debug!(session = %peer.session, packets, nacks, cap, "heavy loss: capping the viewer's bandwidth");
-        let new_cap = peer.loss_cap.is_none_or(|(_, until)| now >= until);
+        // What got through: the rate we sent less the reported loss.
+        let delivered = match (last.at, reported_loss) {
+            (Some(at), Some(loss)) if now > at => {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                let sent = stats.bytes.saturating_sub(last.bytes) as f64 * 8.0 / secs;
+                Some((sent * (1.0 - loss)) as u64)
+            }
+            _ => None,
+        };
+        let cap = congestion_cap(current, delivered);
+        debug!(session = %peer.session, packets, nacks, ?reported_loss, ?delivered, cap, "heavy loss: capping the viewer's bandwidth");
+        // A new or lower cap acts at once.
+        let new_cap = peer
+            .loss_cap
+            .is_none_or(|(old, until)| now >= until || cap < old);
         peer.loss_cap = Some((cap, now + LOSS_HOLD));
         if new_cap {
             // Act on it now rather than at the next tick (up to 500 ms of

@@ -102,6 +102,10 @@ pub struct Forwarder {
     min_step: Option<u32>,
     /// Highest VP8 field values sent, in extended (unwrapped) form.
     vp8_sent: Vp8Sent,
+    /// The pending switch was asked for with
+    /// [`switch_now`](Forwarder::switch_now): the current source's new
+    /// frames are dropped until the target's keyframe.
+    cut_over: bool,
     stats: ForwarderStats,
 }
 
@@ -166,6 +170,7 @@ impl Forwarder {
             newest: None,
             min_step: None,
             vp8_sent: Vp8Sent::default(),
+            cut_over: false,
             stats: ForwarderStats::default(),
         }
     }
@@ -174,7 +179,22 @@ impl Forwarder {
     /// again changes nothing; setting the current source cancels a pending
     /// switch.
     pub fn set_target(&mut self, source: SourceId) {
+        if self.target != Some(source) {
+            self.cut_over = false;
+        }
         self.target = Some(source);
+    }
+
+    /// Like [`set_target`](Self::set_target), but video stops forwarding
+    /// the current source's new frames at once (the frame in progress is
+    /// finished) instead of keeping it until the target's keyframe. For a
+    /// move down under congestion: the old layer's packets no longer fit the
+    /// viewer's link, are mostly lost there, and queue in front of the
+    /// keyframe the switch waits for. The picture holds its last frame
+    /// meanwhile. Setting the current source cancels it like a switch.
+    pub fn switch_now(&mut self, source: SourceId) {
+        self.target = Some(source);
+        self.cut_over = self.kind == MediaKind::Video && self.current() != Some(source);
     }
 
     /// Stops forwarding at once (viewer paused, track unwatched). A later
@@ -186,6 +206,12 @@ impl Forwarder {
     pub fn clear_target(&mut self) {
         self.target = None;
         self.current = None;
+        self.cut_over = false;
+    }
+
+    /// A switch asked for with [`switch_now`](Self::switch_now) is pending.
+    pub fn cutting_over(&self) -> bool {
+        self.cut_over && self.needs_keyframe()
     }
 
     pub fn target(&self) -> Option<SourceId> {
@@ -252,6 +278,12 @@ impl Forwarder {
         }
         let seq = seq_no.wrapping_add(segment.seq_offset);
         let ts = timestamp.wrapping_add(segment.ts_offset);
+        if self.cut_over
+            && self.target != Some(source)
+            && self.newest.is_none_or(|n| n.timestamp != ts)
+        {
+            return None; // a new frame of the layer being left: see `switch_now`
+        }
         if self.newest.is_none_or(|n| seq > n.seq) {
             // Learn the packet duration only within one source: the advance
             // across a switch is our own invention.
@@ -327,6 +359,7 @@ impl Forwarder {
 
     fn start_segment(&mut self, arrival: Instant, source: SourceId, seq_no: u64, timestamp: u32) {
         let (seq, ts) = self.next_start(arrival);
+        self.cut_over = false;
         self.current = Some(Segment {
             source,
             first_in_seq: seq_no,
@@ -410,6 +443,7 @@ impl Forwarder {
         self.stats.packets_dropped += rewrites.len() as u64 - sent;
         self.stats.switches += 1;
         self.target = Some(source);
+        self.cut_over = false;
         self.current = Some(Segment {
             source,
             first_in_seq: first_live_seq,
@@ -606,6 +640,56 @@ mod tests {
             "before the switch"
         );
         assert_eq!(f.stats().switches, 2);
+    }
+
+    #[test]
+    fn switch_now_drops_the_old_layer_until_the_keyframe() {
+        let clock = Clock::new();
+        let mut f = video();
+        f.set_target(A);
+        assert_eq!(
+            send(&mut f, clock.at(0), A, 100, 0, true),
+            Some((1000, 50_000))
+        );
+        f.switch_now(B);
+        assert!(f.needs_keyframe() && f.cutting_over());
+        // The rest of A's frame in progress still goes out (a whole frame)...
+        assert_eq!(
+            send(&mut f, clock.at(5), A, 101, 0, false),
+            Some((1001, 50_000))
+        );
+        // ...its next frames do not, nor B's delta frames.
+        assert_eq!(send(&mut f, clock.at(33), A, 102, 3000, false), None);
+        assert_eq!(send(&mut f, clock.at(34), B, 7000, 90_000, false), None);
+        assert_eq!(f.current(), Some(A));
+        // B's keyframe: continuous output, timestamps by wall clock.
+        assert_eq!(
+            send(&mut f, clock.at(105), B, 7001, 99_000, true),
+            Some((1002, 59_000))
+        );
+        assert_eq!(f.current(), Some(B));
+        assert!(!f.cutting_over());
+        assert_eq!(
+            send(&mut f, clock.at(138), B, 7002, 102_000, false),
+            Some((1003, 62_000))
+        );
+
+        // Going back to the current source cancels the cut.
+        f.switch_now(A);
+        assert_eq!(send(&mut f, clock.at(170), B, 7003, 105_000, false), None);
+        f.set_target(B);
+        assert_eq!(
+            send(&mut f, clock.at(171), B, 7004, 105_000, false),
+            Some((1005, 65_000))
+        );
+        // A plain switch keeps the old layer flowing until the keyframe.
+        f.switch_now(A);
+        f.set_target(B);
+        f.set_target(A);
+        assert_eq!(
+            send(&mut f, clock.at(200), B, 7005, 108_000, false),
+            Some((1006, 68_000))
+        );
     }
 
     #[test]

@@ -35,6 +35,21 @@ pub const UPGRADE_AFTER: Duration = Duration::from_secs(2);
 pub const UP_HEADROOM: f64 = 0.85;
 /// Share of the estimate the current layer may use before we go down.
 const DOWN_THRESHOLD: f64 = 1.0;
+/// Share of the estimate the layer gone down to may use. A delay-based
+/// estimate lags a sudden cut (it first fell to ~720 kbit/s on a 350 kbit/s
+/// link, docs/benchmarks.md): going down to what fits half of it takes one
+/// step, each step costing the viewer a keyframe's wait.
+const DOWN_SHARE: f64 = 0.5;
+
+/// The bandwidth ceiling for a viewer whose link is losing packets: what
+/// got through (`delivered`, bits/s: the rate sent less the share the
+/// viewer reported lost), and never more than half the layer it loses
+/// packets on (`current`, bits/s), so a cut well below the current layer
+/// moves straight to the layer that fits rather than one step at a time.
+pub fn congestion_cap(current: u64, delivered: Option<u64>) -> u64 {
+    let half = current / 2;
+    delivered.map_or(half, |d| d.min(half))
+}
 
 #[derive(Debug, Default)]
 pub struct LayerSelector {
@@ -93,7 +108,7 @@ impl LayerSelector {
             None => best_fitting(UP_HEADROOM),
             Some(c) if !fits(c, DOWN_THRESHOLD) => {
                 self.upgrade_since = None;
-                best_fitting(UP_HEADROOM)
+                best_fitting(DOWN_SHARE)
             }
             Some(c) => {
                 let candidate = best_fitting(UP_HEADROOM);
@@ -201,6 +216,13 @@ mod tests {
             s.choose(t0 + Duration::from_millis(100), &l, Some(1_000_000)),
             Some(1)
         );
+        // (An estimate that may still be falling: down to what fits half.)
+        let mut s2 = LayerSelector::default();
+        assert_eq!(s2.choose(t0, &l, Some(5_000_000)), Some(0));
+        assert_eq!(
+            s2.choose(t0 + Duration::from_millis(100), &l, Some(900_000)),
+            Some(2)
+        );
         // Deep congestion: l.
         assert_eq!(
             s.choose(t0 + Duration::from_millis(200), &l, Some(300_000)),
@@ -215,6 +237,25 @@ mod tests {
         );
         // ...then up, to the best layer that fits.
         assert_eq!(s.choose(t1 + UPGRADE_AFTER, &l, Some(5_000_000)), Some(0));
+    }
+
+    #[test]
+    fn a_congestion_cap_from_what_got_through_is_one_step_down() {
+        let t0 = Instant::now();
+        let l = three();
+        let mut s = LayerSelector::default();
+        assert_eq!(s.choose(t0, &l, Some(5_000_000)), Some(0));
+        // 1.5 Mbit/s sent into a 350 kbit/s link, ~75% reported lost.
+        let cap = congestion_cap(1_500_000, Some(375_000));
+        assert_eq!(cap, 375_000);
+        assert_eq!(
+            s.choose(t0 + Duration::from_millis(100), &l, Some(cap)),
+            Some(2)
+        );
+        // Without a loss report: half the current layer.
+        assert_eq!(congestion_cap(1_500_000, None), 750_000);
+        // Light loss never raises the cap above half the layer.
+        assert_eq!(congestion_cap(1_500_000, Some(1_400_000)), 750_000);
     }
 
     #[test]
