@@ -179,8 +179,9 @@ fn a_viewer_moves_down_under_a_bandwidth_limit_and_back_up() {
     let down = r["downMs"].as_u64().unwrap_or(u64::MAX);
     let up = r["upMs"].as_u64().unwrap_or(u64::MAX);
     eprintln!(
-        "bandwidth: down after {down} ms, up after {up} ms, longest frame gap {} ms",
-        r["maxGapMs"]
+        "bandwidth: down after {down} ms, up after {up} ms, longest frame gap {} ms \
+         (limited: {} ms, lifted: {} ms)",
+        r["maxGapMs"], r["cutMaxGapMs"], r["liftedMaxGapMs"]
     );
     assert!(
         down <= 5_000,

@@ -75,12 +75,13 @@ async function startViewers({ base, room, count, layers }) {
     el.muted = true; el.autoplay = true; el.playsInline = true;
     document.body.append(el);
     el.srcObject = v.stream;
-    const probe = { v, el, frames: 0, last: null, maxGap: 0, gaps: [] };
-    const onFrame = (now) => {
+    const probe = { v, el, frames: 0, last: null, maxGap: 0, gaps: [], widths: [] };
+    const onFrame = (now, meta) => {
+      if (meta.width !== probe.widths.at(-1)?.[1]) probe.widths.push([Math.round(now), meta.width]);
       if (probe.last !== null) {
         const gap = now - probe.last;
         if (gap > probe.maxGap) probe.maxGap = gap;
-        if (gap > 250) probe.gaps.push([Math.round(performance.now()), Math.round(gap)]);
+        if (gap > 100) probe.gaps.push([Math.round(performance.now()), Math.round(gap)]);
       }
       probe.last = now;
       probe.frames++;
@@ -206,15 +207,28 @@ await runReport(120000, async (report) => {
         }
         return null;
       };
+      const pageNow = () => viewPage.evaluate(() => performance.now());
       report.start = await wait('start', 15000, (s) => s.width === 1280 && s.current === 0);
+      const cutAt = await pageNow();
+      report.cutWall = new Date().toISOString();
       tc('qdisc', 'add', 'dev', args.dev, 'root', 'tbf', 'rate', '350kbit', 'burst', '16kb', 'latency', '80ms');
       report.downMs = await wait('limited', 15000, (s) => s.width === 320);
       await wait('limited-hold', 3000);
+      const liftAt = await pageNow();
       tc('qdisc', 'del', 'dev', args.dev, 'root');
       report.upMs = await wait('lifted', 25000, (s) => s.width === 1280);
       const end = await sample('end');
       report.maxGapMs = end.maxGapMs;
       report.gaps = end.gaps;
+      report.widths = await viewPage.evaluate(() => window.__v[0].widths);
+      report.cutAt = Math.round(cutAt);
+      report.liftAt = Math.round(liftAt);
+      // Longest frame gap (ms; gaps of 100 ms or less are not listed) that
+      // ended while the link was limited, and after it was lifted.
+      const longest = (from, to) => Math.max(100, ...end.gaps
+        .filter(([at]) => at >= from && at < to).map(([, gap]) => gap));
+      report.cutMaxGapMs = longest(cutAt, liftAt);
+      report.liftedMaxGapMs = longest(liftAt, Infinity);
       report.samples = samples.filter((_, i) => i % 4 === 0);
     } else if (args.mode === 'loss') {
       // 5% random loss on the viewer's link: the viewer must NACK, the
