@@ -185,8 +185,16 @@ await runReport(120000, async (report) => {
         await sleep(50);
       }
       report.resumedMs = resumedMs;
-      await sleep(2000);
-      report.after = (await viewPage.evaluate(viewerState))[0];
+      // The new publisher's own bandwidth estimate opens its top layer
+      // after a few seconds (as at the first publish); wait for it.
+      const t1 = Date.now();
+      let after = (await viewPage.evaluate(viewerState))[0];
+      while (Date.now() - t1 < 12000 && !(after.width === 1280 && Date.now() - t1 >= 2000)) {
+        await sleep(250);
+        after = (await viewPage.evaluate(viewerState))[0];
+      }
+      report.topLayerAfterMs = after.width === 1280 ? Date.now() - t1 : null;
+      report.after = after;
     } else if (args.mode === 'bandwidth') {
       const ns = await launchInNetns(args.netns);
       closers.push(ns.close);
