@@ -7,21 +7,19 @@
 //! hint while the viewer catches up).
 //!
 //! The picture carries the wall-clock time in the stamp band of
-//! `tests/rtmp_e2e.rs` (same code), so each viewer measures how far behind
+//! `tests/rtmp_e2e.rs` (tests/common/stamp.rs), so each viewer measures how far behind
 //! live it is. Needs ffmpeg, Chromium and `npm ci` in tests/browser.
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::stamp::{Encoder, Publisher};
 use serde_json::Value;
 
 const ROOM: &str = "late";
 const KEY: &str = "instant-start-key";
-const FFMPEG: &str = "/usr/bin/ffmpeg";
 /// Viewers, joining `STAGGER_MS` apart: 3 × 700 ms covers a 2 s GOP.
 const VIEWERS: u32 = 3;
 const STAGGER_MS: u32 = 700;
@@ -35,121 +33,14 @@ const SETTLED_LATENCY_BOUND_MS: f64 = 300.0;
 const MAX_GAP_MS: f64 = 500.0;
 const LIVE_WITHIN_MS: f64 = 1500.0;
 
-struct Publisher {
-    child: Child,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const BITS: usize = 24;
-const BLOCK_W: usize = 26;
-const BAND_H: usize = 40;
-const X0: usize = 16;
-
-/// The stamp of in-page.mjs `drawStamp`, as a 1280×40 grey frame.
-fn draw_stamp(frame: &mut [u8], value: u32) {
-    frame.fill(128);
-    for i in 0..BITS * 2 {
-        let bit = if i < BITS {
-            (value >> (BITS - 1 - i)) & 1
-        } else {
-            ((value >> (2 * BITS - 1 - i)) & 1) ^ 1
-        };
-        let y_value = if bit == 1 { 235 } else { 16 };
-        for row in frame.chunks_mut(1280).take(BAND_H) {
-            row[X0 + i * BLOCK_W..X0 + (i + 1) * BLOCK_W].fill(y_value);
-        }
-    }
-}
-
-/// ffmpeg: 720p30 x264 (no B-frames, keyframe every 60 frames = 2 s,
-/// 2.5 Mbit/s) + AAC over RTMP, with the stamp overlaid.
+/// ffmpeg: the stamped 720p30 picture (tests/common/stamp.rs), no
+/// B-frames, a keyframe every 60 frames (2 s) exactly, + AAC over RTMP.
 fn publish(port: u16, seconds: u64) -> Publisher {
-    assert!(
-        std::path::Path::new(FFMPEG).exists(),
-        "{FFMPEG} is not installed: run scripts/test.sh"
-    );
-    let url = format!("rtmp://127.0.0.1:{port}/live/{KEY}");
-    let mut child = Command::new(FFMPEG)
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
-        .args([
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "gray",
-            "-video_size",
-            "1280x40",
-        ])
-        .args(["-framerate", "30", "-i", "pipe:0"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-        .args([
-            "-filter_complex",
-            "[0:v][1:v]overlay=0:0:shortest=1,format=yuv420p[v]",
-        ])
-        .args(["-map", "[v]", "-map", "2:a", "-t", &seconds.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args([
-            "-bf",
-            "0",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-        ])
-        .args([
-            "-b:v", "2500k", "-c:a", "aac", "-b:a", "128k", "-f", "flv", &url,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ffmpeg");
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        let mut frame = vec![0u8; 1280 * BAND_H];
-        let start = Instant::now();
-        for n in 0..(seconds * 30 + 60) {
-            let due = start + Duration::from_micros(n * 1_000_000 / 30);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u32;
-            draw_stamp(&mut frame, now_ms & ((1 << BITS) - 1));
-            if stdin.write_all(&frame).is_err() {
-                return;
-            }
-        }
-    });
-    Publisher { child }
-}
-
-fn wait_for_log(server: &common::Server, needle: &str, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if server.log_text().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    let encoder = Encoder {
+        fixed_gop: true,
+        ..Encoder::default()
+    };
+    common::stamp::publish(port, KEY, encoder, seconds)
 }
 
 /// A number in the report below `bound` (a missing one is not).
@@ -178,7 +69,7 @@ fn run() -> (Vec<Value>, Vec<String>) {
     }
     let _publisher = publish(port, WATCH_SECONDS + 12);
     assert!(
-        wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+        server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
         "no publication; log:\n{}",
         server.log_text()
     );

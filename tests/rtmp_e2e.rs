@@ -15,11 +15,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::stamp::{Encoder, Publisher};
 use serde_json::Value;
 
 /// One server at a time: a browser plus an x264 encode take most of this machine.
@@ -27,7 +27,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const ROOM: &str = "stage";
 const KEY: &str = "rtmp-e2e-key";
-const FFMPEG: &str = "/usr/bin/ffmpeg";
 /// How long the viewer watches, in seconds.
 const WATCH_SECONDS: u64 = 6;
 
@@ -53,101 +52,13 @@ fn start_server() -> (common::Server, u16) {
     (server, port)
 }
 
-/// ffmpeg publishing for `seconds`, with the stamp band written by a thread of ours.
-struct Publisher {
-    child: Child,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const BITS: usize = 24;
-const BLOCK_W: usize = 26;
-const BAND_H: usize = 40;
-const X0: usize = 16;
-
-/// The stamp of in-page.mjs `drawStamp`, as a 1280×40 grey frame.
-fn draw_stamp(frame: &mut [u8], value: u32) {
-    frame.fill(128);
-    for i in 0..BITS * 2 {
-        let bit = if i < BITS {
-            (value >> (BITS - 1 - i)) & 1
-        } else {
-            ((value >> (2 * BITS - 1 - i)) & 1) ^ 1
-        };
-        let y_value = if bit == 1 { 235 } else { 16 };
-        for row in frame.chunks_mut(1280).take(BAND_H) {
-            row[X0 + i * BLOCK_W..X0 + (i + 1) * BLOCK_W].fill(y_value);
-        }
-    }
-}
-
-fn publish(port: u16, key: &str, bframes: u32, seconds: u64) -> Publisher {
-    assert!(
-        std::path::Path::new(FFMPEG).exists(),
-        "{FFMPEG} is not installed: run scripts/test.sh"
-    );
-    let url = format!("rtmp://127.0.0.1:{port}/live/{key}");
-    let mut child = Command::new(FFMPEG)
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
-        .args([
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "gray",
-            "-video_size",
-            "1280x40",
-        ])
-        .args(["-framerate", "30", "-i", "pipe:0"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-        .args([
-            "-filter_complex",
-            "[0:v][1:v]overlay=0:0:shortest=1,format=yuv420p[v]",
-        ])
-        .args(["-map", "[v]", "-map", "2:a", "-t", &seconds.to_string()])
-        // zerolatency: no lookahead, as a live encoder should be set; x264
-        // keeps its default High profile.
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-bf", &bframes.to_string(), "-g", "60", "-b:v", "2500k"])
-        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", &url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ffmpeg");
-    let mut stdin = child.stdin.take().unwrap();
-    // The stamp source paces the whole pipeline at 30 fps of wall-clock time.
-    std::thread::spawn(move || {
-        let mut frame = vec![0u8; 1280 * BAND_H];
-        let start = Instant::now();
-        for n in 0..(seconds * 30 + 60) {
-            let due = start + Duration::from_micros(n * 1_000_000 / 30);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u32;
-            draw_stamp(&mut frame, now_ms & ((1 << BITS) - 1));
-            if stdin.write_all(&frame).is_err() {
-                return; // ffmpeg is done
-            }
-        }
-    });
-    Publisher { child }
+/// ffmpeg publishing the stamped picture for `seconds` (tests/common/stamp.rs).
+fn publish(port: u16, key: &str, b_frames: u32, seconds: u64) -> Publisher {
+    let encoder = Encoder {
+        b_frames,
+        ..Encoder::default()
+    };
+    common::stamp::publish(port, key, encoder, seconds)
 }
 
 fn finish(mut p: Publisher) -> (bool, String) {
@@ -167,17 +78,6 @@ fn finish(mut p: Publisher) -> (bool, String) {
         let _ = e.read_to_string(&mut stderr);
     }
     (status.success(), stderr)
-}
-
-fn wait_for_log(server: &common::Server, needle: &str, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if server.log_text().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 fn browser_dir() -> PathBuf {
@@ -387,7 +287,7 @@ fn rtmp_h264_and_aac_play_in_chromium_while_bad_connections_hammer() {
         let (server, port) = start_server();
         let _publisher = publish(port, KEY, 0, WATCH_SECONDS + 8);
         assert!(
-            wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+            server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
             "no publication; log:\n{}",
             server.log_text()
         );
@@ -434,7 +334,7 @@ fn rtmp_b_frames_are_reencoded_and_play_smoothly() {
         let (server, port) = start_server();
         let _publisher = publish(port, KEY, 2, WATCH_SECONDS + 8);
         assert!(
-            wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+            server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
             "no publication; log:\n{}",
             server.log_text()
         );
@@ -494,7 +394,7 @@ fn rtmp_republish_within_grace_keeps_the_whep_viewer_and_frames_resume() {
         let (server, port) = start_server();
         let first = publish(port, KEY, 0, FIRST);
         assert!(
-            wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+            server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
             "no publication; log:\n{}",
             server.log_text()
         );

@@ -129,17 +129,6 @@ fn publish(port: u16, media: Media, seconds: u64) -> Publisher {
     Publisher(child)
 }
 
-fn wait_for_log(server: &common::Server, needle: &str, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if server.log_text().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// The multivariant playlist once it lists what `ready` wants.
 fn multivariant(server: &common::Server, ready: impl Fn(&str) -> bool) -> String {
     let url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
@@ -314,7 +303,7 @@ fn rtmp_aac_reaches_hls_as_the_encoder_sent_it() {
             60,
         );
         assert!(
-            wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+            server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
             "no publication; log:\n{}",
             server.log_text()
         );
@@ -362,7 +351,7 @@ fn rtmp_audio_only_plays_over_whep_and_hls() {
     let (server, port) = start_server();
     let _publisher = publish(port, Media::AudioOnly, 60);
     assert!(
-        wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+        server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
         "no publication; log:\n{}",
         server.log_text()
     );
@@ -419,7 +408,7 @@ fn rtmp_video_only_plays_over_whep_and_hls() {
     let (server, port) = start_server();
     let _publisher = publish(port, Media::VideoOnly, 60);
     assert!(
-        wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+        server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
         "no publication; log:\n{}",
         server.log_text()
     );
@@ -469,7 +458,7 @@ fn a_single_layer_stream_gets_ladder_renditions() {
     let (server, port) = start_server();
     let _publisher = publish_720p(port, 60);
     assert!(
-        wait_for_log(&server, "RTMP publication started", Duration::from_secs(10)),
+        server.wait_for_log("RTMP publication started", Duration::from_secs(10)),
         "no publication; log:\n{}",
         server.log_text()
     );

@@ -3,6 +3,8 @@
 //! Python + aiortc) that print one JSON object on stdout.
 #![allow(dead_code)]
 
+pub mod stamp;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -203,6 +205,18 @@ impl Server {
     /// Everything the server printed so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Whether the server's log shows `needle` within `within`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 
