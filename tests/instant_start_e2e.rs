@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::stamp::{Encoder, Publisher};
 use serde_json::Value;
@@ -55,18 +54,7 @@ fn loadavg() -> String {
 /// One run: a fresh server, ffmpeg, and the late joiners. Returns the
 /// viewers' reports and the server's replay log lines.
 fn run() -> (Vec<Value>, Vec<String>) {
-    let port = common::free_tcp_port();
-    let rtmp = format!("127.0.0.1:{port}");
-    let server =
-        common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--rtmp-listen", &rtmp]);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "RTMP port not open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (server, port) = common::Server::start_with_rtmp(&["--room", &format!("{ROOM}:{KEY}")]);
     let _publisher = publish(port, WATCH_SECONDS + 12);
     assert!(
         server.wait_for_log("RTMP publication started", Duration::from_secs(10)),

@@ -36,20 +36,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// A server with RTMP on a free port and the room `ROOM` keyed `KEY`.
 fn start_server() -> (common::Server, u16) {
-    let port = common::free_tcp_port();
-    let rtmp = format!("127.0.0.1:{port}");
-    let server =
-        common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--rtmp-listen", &rtmp]);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "RTMP port not open; log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (server, port)
+    common::Server::start_with_rtmp(&["--room", &format!("{ROOM}:{KEY}")])
 }
 
 /// ffmpeg publishing the stamped picture for `seconds` (tests/common/stamp.rs).

@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -38,20 +37,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start_server() -> (common::Server, u16) {
-    let port = common::free_tcp_port();
-    let rtmp = format!("127.0.0.1:{port}");
-    let server =
-        common::Server::start(&["--room", &format!("{ROOM}:{KEY}"), "--rtmp-listen", &rtmp]);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "RTMP port not open; log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (server, port)
+    common::Server::start_with_rtmp(&["--room", &format!("{ROOM}:{KEY}")])
 }
 
 /// What ffmpeg sends.
@@ -500,13 +486,9 @@ fn a_single_layer_stream_gets_ladder_renditions() {
 #[test]
 fn a_rooms_ladder_setting_picks_its_renditions() {
     let _serial = serial();
-    let port = common::free_tcp_port();
-    let rtmp = format!("127.0.0.1:{port}");
-    let server = common::Server::start(&[
+    let (server, port) = common::Server::start_with_rtmp(&[
         "--room",
         &format!("{ROOM}:{KEY}"),
-        "--rtmp-listen",
-        &rtmp,
         "--admin-token",
         "ladder-admin-token-0123456789",
     ]);

@@ -6,7 +6,7 @@
 pub mod stamp;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -200,6 +200,26 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A server with `args` and RTMP on a free loopback port (`--rtmp-listen`),
+    /// once that port accepts; and the port.
+    pub fn start_with_rtmp(args: &[&str]) -> (Server, u16) {
+        let port = free_tcp_port();
+        let rtmp = format!("127.0.0.1:{port}");
+        let mut all = args.to_vec();
+        all.extend(["--rtmp-listen", &rtmp]);
+        let server = Server::start(&all);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "RTMP port not open; log:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (server, port)
     }
 
     /// Everything the server printed so far.
