@@ -84,7 +84,7 @@ fn run_e2e(extra: &[&str]) -> (common::Server, Value) {
 /// keyframe, not a replay of seconds-old frames).
 fn publish_and_watch(codec: &str) {
     let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let (_server, report) = run_e2e(&[
+    let (server, report) = run_e2e(&[
         "--codec",
         codec,
         "--seconds",
@@ -94,6 +94,15 @@ fn publish_and_watch(codec: &str) {
         "--stagger-ms",
         "2500",
     ]);
+    // Chromium answers keyframe requests: the server's probe must find that
+    // out, so that new viewers start from a fresh keyframe (live) rather
+    // than from the cached GOP (as old as the GOP).
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("keyframe probe resolved") && l.contains("Answered(")),
+        "the keyframe probe did not find that Chromium answers; log:\n{log}"
+    );
     let mime = format!("video/{codec}");
     let ctx = |what: &str| format!("{what}\nreport: {report:#}");
 

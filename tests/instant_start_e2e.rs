@@ -99,7 +99,16 @@ fn run() -> (Vec<Value>, Vec<String>) {
     let replays = server
         .log_text()
         .lines()
-        .filter(|l| l.contains("replaying the cached GOP") || l.contains("no cached GOP to replay"))
+        .filter(|l| {
+            [
+                "replaying the cached GOP",
+                "no cached GOP to replay",
+                "keyframe probe",
+                "fresh keyframe",
+            ]
+            .iter()
+            .any(|m| l.contains(m))
+        })
         .map(str::to_string)
         .collect();
     let viewers = report["viewers"].as_array().cloned().unwrap_or_default();
@@ -171,7 +180,17 @@ fn late_joiners_start_within_500_ms_and_settle_at_live() {
         for v in &viewers {
             eprintln!("instant start viewer {}: {}", v["index"], summary(v));
         }
-        match check(&viewers) {
+        // ffmpeg over RTMP cannot be asked for a keyframe: the server's
+        // probe must find that out (else viewers wait for one in vain).
+        let probed = replays
+            .iter()
+            .any(|l| l.contains("keyframe probe resolved") && l.contains("Ignored"));
+        let verdict = check(&viewers).and_then(|()| {
+            probed.then_some(()).ok_or_else(|| {
+                "the keyframe probe did not find that RTMP ignores requests".to_string()
+            })
+        });
+        match verdict {
             Ok(()) => return,
             Err(e) => {
                 eprintln!("attempt {attempt} failed: {e}; load {}", loadavg());

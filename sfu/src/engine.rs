@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{self, Forwarder, SourceId};
-use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, StartDelay};
+use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, KeyframeProbe, StartDelay};
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{congestion_cap, LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
@@ -71,6 +71,9 @@ pub struct Engine {
     events: VecDeque<(PeerId, Event)>,
     next_peer: PeerId,
     next_tick: Option<Instant>,
+    /// New viewers waiting for a requested keyframe, and when to give up
+    /// and start them from the cached GOP instead.
+    start_deadlines: Vec<(Instant, PeerId)>,
     last_tick: Option<Instant>,
     /// In-process subscribers (the HLS bridge) by room name.
     taps: HashMap<String, Vec<TapSender>>,
@@ -167,6 +170,8 @@ struct Track {
     /// Simulcast layers by rid; `[None]` without simulcast.
     layers: Vec<Option<Rid>>,
     last_keyframe_request: Vec<Option<Instant>>,
+    /// Whether each layer's publisher answers keyframe requests.
+    probe: Vec<KeyframeProbe>,
     /// The current GOP of each layer (video only), for instant start.
     gop: Vec<GopCache>,
     /// Rate and liveness of each layer.
@@ -275,6 +280,15 @@ const MAX_REPLAY_AGE: Duration = Duration::from_millis(500);
 /// 1-3.4 s, live after 2-5 s; docs/benchmarks.md). 1 MiB holds a whole 2 s
 /// GOP at 4 Mbit/s; larger ones wait for the next keyframe.
 const MAX_REPLAY_BYTES: usize = 1024 * 1024;
+/// How long after the probe (a keyframe request sent with a layer's first
+/// keyframe, see `gop::KeyframeProbe`) a keyframe counts as its answer.
+/// Chromium answered in 30-150 ms; a natural GOP is longer (OBS: 1-10 s).
+const KEYFRAME_PROBE_WINDOW: Duration = Duration::from_millis(800);
+/// How long a new viewer of a publisher that answers keyframe requests
+/// waits for the keyframe asked for before it starts from the cached GOP.
+const ANSWERED_START_WAIT: Duration = Duration::from_millis(1000);
+/// The same while the publisher is not probed yet (it just started).
+const UNPROBED_START_WAIT: Duration = KEYFRAME_PROBE_WINDOW;
 /// How long a viewer started from a replayed GOP is told to show frames as
 /// soon as they are decoded (playout delay 0), and then how long the hint
 /// is withdrawn for.
@@ -336,6 +350,7 @@ impl Engine {
             events: VecDeque::new(),
             next_peer: 1,
             next_tick: None,
+            start_deadlines: Vec::new(),
             last_tick: None,
             taps: HashMap::new(),
             internal: HashMap::new(),
@@ -428,6 +443,17 @@ impl Engine {
             self.drain(id);
         }
         self.process_events(now);
+        if self.start_deadlines.iter().any(|(at, _)| *at <= now) {
+            let (due, later) = self
+                .start_deadlines
+                .drain(..)
+                .partition(|(at, _)| *at <= now);
+            self.start_deadlines = later;
+            for (_, id) in due {
+                // The keyframe asked for did not come: the cached GOP now.
+                self.replay_gops(now, id, true);
+            }
+        }
         if self.next_tick.is_none_or(|t| now >= t) {
             self.tick(now);
             self.next_tick = Some(now + LAYER_TICK);
@@ -440,7 +466,9 @@ impl Engine {
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             match self.peers.get(&id) {
                 Some(p) if p.next_timeout == at => {
-                    return Some(self.next_tick.map_or(at, |t| t.min(at)));
+                    let at = self.next_tick.map_or(at, |t| t.min(at));
+                    let start = self.start_deadlines.iter().map(|(t, _)| *t).min();
+                    return Some(start.map_or(at, |t| t.min(at)));
                 }
                 _ => {
                     self.timeouts.pop();
@@ -856,7 +884,7 @@ impl Engine {
                     // A picture at once: replay the cached GOP where there is
                     // one, else ask the publisher for a keyframe.
                     let room = peer.room.clone();
-                    let wanted = self.replay_gops(now, id);
+                    let wanted = self.replay_gops(now, id, false);
                     for (track, layer) in wanted {
                         self.request_keyframe(now, &room, track, layer);
                     }
@@ -936,6 +964,7 @@ impl Engine {
                 let t = &mut room.tracks[i];
                 t.params = params;
                 t.last_keyframe_request = vec![None; layers.len()];
+                t.probe = vec![KeyframeProbe::default(); layers.len()];
                 t.gop = (0..layers.len())
                     .map(|_| GopCache::new(gop_bytes))
                     .collect();
@@ -949,6 +978,7 @@ impl Engine {
                     mid: None,
                     params,
                     last_keyframe_request: vec![None; layers.len()],
+                    probe: vec![KeyframeProbe::default(); layers.len()],
                     gop: (0..layers.len())
                         .map(|_| GopCache::new(gop_bytes))
                         .collect(),
@@ -1132,6 +1162,13 @@ impl Engine {
                         (st.bitrate * 3 + rate) / 4
                     };
                     st.bytes = 0;
+                }
+                for (layer, p) in t.probe.iter_mut().enumerate() {
+                    let before = *p;
+                    p.expire(now, KEYFRAME_PROBE_WINDOW);
+                    if before != *p {
+                        info!(room = %name, layer, "keyframe probe ignored: new viewers start from the cached GOP");
+                    }
                 }
             }
             if room.publisher.is_none() {
@@ -1449,9 +1486,13 @@ impl Engine {
         })
     }
 
-    /// Starts a new viewer's video from each watched layer's cached GOP.
-    /// Returns the (track, layer) pairs that had none and need a keyframe.
-    fn replay_gops(&mut self, now: Instant, id: PeerId) -> Vec<(usize, u8)> {
+    /// Starts a new viewer's video: from a young cached GOP of its layer at
+    /// once; from a fresh keyframe where the publisher answers keyframe
+    /// requests (or may: not yet probed), giving up after a while
+    /// (`fallback`, see `start_deadlines`); else from the cached GOP,
+    /// squeezed (see `gop::replay_layer`). Returns the (track, layer) pairs
+    /// that need a keyframe.
+    fn replay_gops(&mut self, now: Instant, id: PeerId, fallback: bool) -> Vec<(usize, u8)> {
         let mut missing = Vec::new();
         let Some(peer) = self.peers.get_mut(&id) else {
             return missing;
@@ -1487,15 +1528,38 @@ impl Engine {
                     bytes: g.bytes(),
                 })
                 .collect();
+            let answers = track
+                .probe
+                .get(source.layer as usize)
+                .and_then(|p| p.answers());
+            let allow_old = fallback || answers == Some(false);
             let Some(layer) = gop::replay_layer(
                 source.layer as usize,
                 &offers,
                 MAX_REPLAY_AGE,
                 MAX_REPLAY_BYTES,
+                allow_old,
             ) else {
-                // The next keyframe (asked for at the POST) starts it live.
-                info!(session = %peer.session, "no cached GOP to replay; waiting for a keyframe");
                 missing.push((e.track, source.layer));
+                if allow_old {
+                    // The next keyframe (asked for at the POST) starts it live.
+                    info!(session = %peer.session, "no cached GOP to replay; waiting for a keyframe");
+                } else {
+                    // A fresh keyframe is live at once; the cached one is as
+                    // old as the GOP. Until it comes, or the wait is over.
+                    let wait = if answers == Some(true) {
+                        ANSWERED_START_WAIT
+                    } else {
+                        UNPROBED_START_WAIT
+                    };
+                    info!(
+                        session = %peer.session,
+                        answers = ?answers,
+                        wait_ms = wait.as_millis() as u64,
+                        "the publisher answers keyframe requests; waiting for a fresh keyframe"
+                    );
+                    self.start_deadlines.push((now + wait, id));
+                }
                 continue;
             };
             let from = SourceId {
@@ -2199,7 +2263,8 @@ pub(crate) struct MediaPacket {
 /// The hot path: one publisher packet into the room's layer bookkeeping,
 /// GOP cache and taps, then to every viewer of its track — the payload is
 /// shared (`Arc`), only headers are rewritten, nothing is allocated per
-/// viewer. Returns whether a viewer waits for a keyframe of this layer.
+/// viewer. Returns whether to ask for a keyframe of this layer: a viewer
+/// waits for one, or the layer's first keyframe sends the probe.
 #[allow(clippy::too_many_arguments)]
 fn fan_out(
     now: Instant,
@@ -2223,6 +2288,19 @@ fn fan_out(
         (true, Some(vc)) => picture::size(vc, &packet.payload),
         _ => None,
     };
+    let mut probe = false;
+    if keyframe_start {
+        if let Some(p) = track.probe.get_mut(layer as usize) {
+            let before = *p;
+            probe = p.on_keyframe(now, packet.timestamp, KEYFRAME_PROBE_WINDOW);
+            if probe {
+                // Past any request rate limit: this one measures.
+                track.last_keyframe_request[layer as usize] = None;
+            } else if before != *p {
+                info!(track = track_index, layer, probe = ?*p, "keyframe probe resolved");
+            }
+        }
+    }
     if let Some(st) = track.stats.get_mut(layer as usize) {
         st.bytes += packet.payload.len() as u64;
         st.last_packet = Some(now);
@@ -2271,7 +2349,7 @@ fn fan_out(
         Some(VideoCodec::Vp8) => codec::parse_vp8_descriptor(&packet.payload),
         _ => None,
     };
-    let mut wants_keyframe = false;
+    let mut wants_keyframe = probe;
     for &sid in &room.subscribers {
         let Some(sub) = peers.get_mut(&sid) else {
             continue;

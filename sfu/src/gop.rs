@@ -135,11 +135,14 @@ pub struct GopOffer {
 /// a CPU-starved browser for seconds), so take the smallest ready GOP of any
 /// layer within `max_bytes` — usually the lowest simulcast layer, a tenth of
 /// the top one — and let the viewer switch up at the target's next keyframe.
+/// Without `allow_old` (the publisher answers keyframe requests, so a fresh
+/// keyframe is on its way), only the young target GOP is taken.
 pub fn replay_layer(
     target: usize,
     offers: &[GopOffer],
     young: Duration,
     max_bytes: usize,
+    allow_old: bool,
 ) -> Option<usize> {
     let usable = |o: &GopOffer| o.ready && o.bytes > 0 && o.bytes <= max_bytes;
     if offers
@@ -148,12 +151,81 @@ pub fn replay_layer(
     {
         return Some(target);
     }
+    if !allow_old {
+        return None;
+    }
     offers
         .iter()
         .enumerate()
         .filter(|(_, o)| usable(o))
         .min_by_key(|(_, o)| o.bytes)
         .map(|(i, _)| i)
+}
+
+/// Whether a publisher's layer answers keyframe requests (PLI). Browsers
+/// answer within a frame or two; OBS and RTMP encoders keep their own GOP
+/// and ignore them. It decides how a new viewer starts: from a fresh
+/// keyframe asked for (live at once) or from the cached GOP (a picture at
+/// once, but as old as the GOP, caught up by playing it squeezed).
+///
+/// Learnt once per publisher and layer by a probe: a request sent as the
+/// layer's first keyframe arrives, when no natural keyframe is due for a
+/// whole GOP. A keyframe within `window` of it means the publisher answers
+/// (or has a GOP shorter than the window, where waiting costs as little).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyframeProbe {
+    /// No keyframe seen yet.
+    #[default]
+    NotSent,
+    /// Sent at this instant, with the keyframe of this RTP timestamp (whose
+    /// further packets, SPS and PPS then IDR, start no new keyframe).
+    InFlight(Instant, u32),
+    /// A keyframe came this long after the probe.
+    Answered(Duration),
+    Ignored,
+}
+
+impl KeyframeProbe {
+    /// A packet starting a keyframe (RTP timestamp `timestamp`) arrived at
+    /// `now`. Returns true when the probe is to be sent now (the first one).
+    pub fn on_keyframe(&mut self, now: Instant, timestamp: u32, window: Duration) -> bool {
+        match *self {
+            KeyframeProbe::NotSent => {
+                *self = KeyframeProbe::InFlight(now, timestamp);
+                true
+            }
+            KeyframeProbe::InFlight(_, ts) if ts == timestamp => false,
+            KeyframeProbe::InFlight(at, _) => {
+                let after = now.saturating_duration_since(at);
+                *self = if after <= window {
+                    KeyframeProbe::Answered(after)
+                } else {
+                    KeyframeProbe::Ignored
+                };
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Time passes: a probe unanswered for longer than `window` was ignored.
+    pub fn expire(&mut self, now: Instant, window: Duration) {
+        if let KeyframeProbe::InFlight(at, _) = *self {
+            if now.saturating_duration_since(at) > window {
+                *self = KeyframeProbe::Ignored;
+            }
+        }
+    }
+
+    /// Some(true) if the layer answers keyframe requests, Some(false) if it
+    /// ignores them, None while unknown.
+    pub fn answers(&self) -> Option<bool> {
+        match self {
+            KeyframeProbe::Answered(_) => Some(true),
+            KeyframeProbe::Ignored => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// The playout-delay hint (RTP header extension, min = max = 0) a viewer
@@ -214,7 +286,8 @@ mod tests {
     fn a_young_target_gop_is_replayed_as_is() {
         let young = Duration::from_millis(500);
         let offers = [offer(true, 300, 400_000), offer(true, 300, 40_000)];
-        assert_eq!(replay_layer(0, &offers, young, 1_000_000), Some(0));
+        assert_eq!(replay_layer(0, &offers, young, 1_000_000, true), Some(0));
+        assert_eq!(replay_layer(0, &offers, young, 1_000_000, false), Some(0));
     }
 
     #[test]
@@ -226,21 +299,65 @@ mod tests {
             offer(true, 1500, 110_000),
             offer(true, 1500, 37_000),
         ];
-        assert_eq!(replay_layer(0, &offers, young, 256_000), Some(2));
+        assert_eq!(replay_layer(0, &offers, young, 256_000, true), Some(2));
+        // A publisher that answers keyframe requests: wait for a fresh one.
+        assert_eq!(replay_layer(0, &offers, young, 256_000, false), None);
         // The lowest layer not cached (yet): the next smallest.
         let offers = [offers[0], offers[1], offer(false, 0, 0)];
-        assert_eq!(replay_layer(0, &offers, young, 256_000), Some(1));
+        assert_eq!(replay_layer(0, &offers, young, 256_000, true), Some(1));
         // One layer only (RTMP): itself, if within the budget, else wait.
         assert_eq!(
-            replay_layer(0, &[offer(true, 1500, 200_000)], young, 256_000),
+            replay_layer(0, &[offer(true, 1500, 200_000)], young, 256_000, true),
             Some(0)
         );
         assert_eq!(
-            replay_layer(0, &[offer(true, 1500, 300_000)], young, 256_000),
+            replay_layer(0, &[offer(true, 1500, 300_000)], young, 256_000, true),
             None
         );
-        assert_eq!(replay_layer(0, &[offer(false, 0, 0)], young, 256_000), None);
-        assert_eq!(replay_layer(0, &[], young, 256_000), None);
+        assert_eq!(
+            replay_layer(0, &[offer(false, 0, 0)], young, 256_000, true),
+            None
+        );
+        assert_eq!(replay_layer(0, &[], young, 256_000, true), None);
+    }
+
+    #[test]
+    fn a_probe_learns_whether_the_publisher_answers_keyframe_requests() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let window = ms(800);
+        // A browser: the probe goes out with the first keyframe, the answer
+        // comes a few frames later.
+        let mut p = KeyframeProbe::default();
+        assert_eq!(p.answers(), None);
+        assert!(p.on_keyframe(t0, 1000, window));
+        assert_eq!(p.answers(), None);
+        // The same keyframe's next NAL unit (IDR after SPS) is no answer.
+        assert!(!p.on_keyframe(t0, 1000, window));
+        assert_eq!(p.answers(), None);
+        p.expire(t0 + ms(500), window);
+        assert!(!p.on_keyframe(t0 + ms(120), 1000 + 90 * 120, window));
+        assert_eq!(p, KeyframeProbe::Answered(ms(120)));
+        // Later keyframes (and time) change nothing, nor is it sent again.
+        assert!(!p.on_keyframe(t0 + ms(5000), 9000, window));
+        p.expire(t0 + ms(9000), window);
+        assert_eq!(p.answers(), Some(true));
+
+        // OBS: no keyframe until its GOP of 2 s is over.
+        let mut p = KeyframeProbe::default();
+        assert!(p.on_keyframe(t0, 0, window));
+        p.expire(t0 + ms(800), window);
+        assert_eq!(p.answers(), None);
+        p.expire(t0 + ms(801), window);
+        assert_eq!(p.answers(), Some(false));
+        assert!(!p.on_keyframe(t0 + ms(2000), 180_000, window));
+        assert_eq!(p.answers(), Some(false));
+
+        // A keyframe after the window (no tick in between) is no answer.
+        let mut p = KeyframeProbe::default();
+        assert!(p.on_keyframe(t0, 0, window));
+        assert!(!p.on_keyframe(t0 + ms(1000), 90_000, window));
+        assert_eq!(p.answers(), Some(false));
     }
 
     #[test]
