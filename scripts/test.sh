@@ -17,6 +17,9 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v ffmpeg >/dev/null || need_pkgs+=(ffmpeg)
 command -v ffprobe >/dev/null || need_pkgs+=(ffmpeg)
 command -v nasm >/dev/null || need_pkgs+=(nasm)
+# The `vp8` feature (VP8 publishes into LL-HLS) links the system libvpx.
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+pkg-config --exists vpx 2>/dev/null || need_pkgs+=(libvpx-dev)
 # A shared cache in front of LL-HLS (tests/hls_cdn_e2e.rs runs nginx as the test user).
 [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 # GStreamer's webrtcbin driven from Python (tests/interop/gst_whip_publish.py):
@@ -66,5 +69,9 @@ if [ -f tests/interop/requirements.txt ]; then
 fi
 
 # --- Rust: build once in release (the e2e tests time real media) -----------
-log "cargo test --release --workspace"
-cargo test --release --workspace --all-targets --no-fail-fast "$@"
+# With the off-by-default `vp8` feature, so that its code is tested too; the
+# default build (what `cargo run --release` makes) is type-checked first.
+log "cargo check --workspace --all-targets (default features)"
+cargo check --release --workspace --all-targets
+log "cargo test --release --workspace --features dionysia/vp8"
+cargo test --release --workspace --all-targets --features dionysia/vp8 --no-fail-fast "$@"

@@ -24,6 +24,9 @@ const KEY: &str = "secret";
 /// How long hls.js plays.
 const PLAY_SECONDS: &str = "15";
 
+/// One browser test at a time: each needs both cores.
+static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -255,6 +258,7 @@ fn check_http(base: &str, multivariant_url: &str, media_url: &str) {
 
 #[test]
 fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
+    let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::repo_root().join("tests/browser");
     assert!(
         dir.join("node_modules/hls.js").is_dir()
@@ -418,5 +422,122 @@ fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
     assert!(
         report["pageErrors"].as_array().is_none_or(Vec::is_empty),
         "{report:#}"
+    );
+}
+
+/// A single-layer VP8 publish (Chromium's default codec) cannot go into HLS
+/// as it is: with the `vp8` feature the bridge decodes it (libvpx) and
+/// encodes every rendition with openh264, the source's size included. hls.js
+/// plays it, and ffprobe reads H.264 at both sizes and the AAC audio.
+#[cfg(feature = "vp8")]
+#[test]
+fn chromium_vp8_publish_is_transcoded_for_hls_js() {
+    let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::repo_root().join("tests/browser");
+    let server = common::Server::start(&["--room", &format!("{ROOM}:{KEY}")]);
+    let scratch = common::TempDir::new("hls-vp8");
+    let ready_file = scratch.path.join("ready");
+    let browser = {
+        let (base, ready) = (server.base.clone(), ready_file.to_str().unwrap().to_owned());
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            common::run_json(
+                "node",
+                &[
+                    "hls.mjs",
+                    "--base",
+                    &base,
+                    "--room",
+                    ROOM,
+                    "--key",
+                    KEY,
+                    "--seconds",
+                    "10",
+                    "--ready-file",
+                    &ready,
+                    "--codec",
+                    "video/VP8",
+                    "--layers",
+                    "1",
+                    "--variants",
+                    "2",
+                    "--width",
+                    "640",
+                    "--height",
+                    "360",
+                ],
+                &dir,
+                Duration::from_secs(90),
+            )
+        })
+    };
+    let start = Instant::now();
+    while !Path::new(&ready_file).exists() && !browser.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let multivariant_url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
+    let mut sizes = Vec::new();
+    if Path::new(&ready_file).exists() {
+        let multivariant = reqwest::blocking::get(&multivariant_url)
+            .unwrap()
+            .text()
+            .unwrap();
+        let base = multivariant_url.rsplit_once('/').unwrap().0.to_owned();
+        for (uri, resolution) in renditions(&multivariant) {
+            let streams = ffprobe_streams(&format!("{base}/{uri}"));
+            eprintln!("ffprobe {uri}: {}", Value::Array(streams.clone()));
+            assert_eq!(streams.len(), 1, "{uri}: {streams:?}");
+            let s = &streams[0];
+            if let Some((w, h)) = resolution {
+                assert_eq!(s["codec_name"], "h264", "{uri}");
+                let probed = (s["width"].as_u64(), s["height"].as_u64());
+                assert_eq!(probed, (Some(w), Some(h)), "{uri}");
+                sizes.push((w, h));
+            } else {
+                assert_eq!(s["codec_name"], "aac", "{uri}");
+            }
+        }
+    }
+    let report = browser.join().expect("hls.mjs failed");
+    assert!(
+        report["ok"] == true,
+        "hls.mjs: {}\n{report:#}",
+        report["error"]
+    );
+    let log = server.log_text();
+    assert_eq!(
+        sizes,
+        [(640, 360), (426, 240)],
+        "{}\nserver log:\n{log}",
+        report["multivariant"]
+    );
+    let v = &report["viewer"];
+    eprintln!(
+        "hls.js (VP8 publish): first playing after {} ms, played {} s, max stall {} ms, \
+         glass-to-glass p50 {} ms, load {}",
+        v["firstPlayingMs"],
+        v["playedSeconds"],
+        v["maxStallMs"],
+        v["glassToGlassMs"]["p50"],
+        report["loadavg"]
+    );
+    assert_eq!(v["levels"].as_array().map(Vec::len), Some(2), "{v:#}");
+    let fatal: Vec<&Value> = v["errors"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["fatal"] == true).collect())
+        .unwrap_or_default();
+    assert!(fatal.is_empty(), "fatal hls.js errors: {fatal:?}");
+    let played = num(&v["playedSeconds"]);
+    assert!(played >= 4.0, "played only {played} s: {v:#}");
+    let advanced = num(&v["currentTime"]) - num(&v["firstCurrentTime"]);
+    assert!(
+        advanced >= played - 2.0,
+        "currentTime advanced {advanced} s in {played} s"
+    );
+    assert!(num(&v["maxStallMs"]) <= 1000.0, "stall: {v:#}");
+    assert!(
+        num(&v["audioDecodedBytes"]) > 0.0,
+        "no audio decoded: {v:#}"
     );
 }

@@ -1,12 +1,14 @@
 //! The transcoding ladder: lower renditions made from a single-layer H.264
 //! source (a publisher without simulcast, an RTMP encoder), so that HLS
-//! players on small screens or slow links have something to switch down to.
+//! players on small screens or slow links have something to switch down to;
+//! and, with the `vp8` feature (libvpx), every rendition of a VP8 publish,
+//! the source's size included, since VP8 does not go into HLS as it is.
 //!
 //! ```text
 //!  source rendition's access units (teed by the bridge, with their arrival time)
 //!   │ Ladder::push ── bounded queue; full: drop to the next keyframe,
 //!   ▼                 repeated overload: stop the lowest rung (warn + counter)
-//!  worker thread: openh264 decode ─► scale (bilinear, I420) ─► openh264 encode per rung
+//!  worker thread: openh264 (or libvpx) decode ─► scale (bilinear, I420) ─► openh264 encode per rung
 //!   │              (a source keyframe forces an IDR: segments stay aligned)
 //!   ▼
 //!  LadderOutput { rung, access unit, the source's arrival time } ─► room task ─► Bridge
@@ -36,6 +38,12 @@ use crate::h264::AccessUnit;
 
 /// Rungs (lowest last) whose height is below the source's are made.
 pub const DEFAULT_HEIGHTS: [u32; 2] = [480, 240];
+
+/// A VP8 source gets an IDR in every rung this often (90 kHz RTP time):
+/// its own keyframes may be far apart (a browser sends them on request),
+/// and segments can only end on one.
+#[cfg(feature = "vp8")]
+const VP8_IDR_EVERY: u32 = 90_000;
 
 /// Frames queued for the worker before input is dropped.
 const QUEUE_FRAMES: usize = 6;
@@ -71,6 +79,47 @@ pub fn rungs_for(width: u32, height: u32, heights: &[u32]) -> Vec<Rung> {
                 bitrate: (w * h * 3).max(100_000),
             }
         })
+        .collect()
+}
+
+/// One source picture for the ladder.
+#[derive(Debug)]
+pub enum Source {
+    H264(AccessUnit),
+    #[cfg(feature = "vp8")]
+    Vp8(crate::vp8::Vp8Frame),
+}
+
+impl Source {
+    fn keyframe(&self) -> bool {
+        match self {
+            Source::H264(au) => au.keyframe,
+            #[cfg(feature = "vp8")]
+            Source::Vp8(f) => f.keyframe,
+        }
+    }
+
+    fn rtp_timestamp(&self) -> u32 {
+        match self {
+            Source::H264(au) => au.rtp_timestamp,
+            #[cfg(feature = "vp8")]
+            Source::Vp8(f) => f.rtp_timestamp,
+        }
+    }
+}
+
+/// The rungs for a VP8 source of `width`×`height`: the source's own size
+/// first (VP8 does not go into HLS as it is), then [`rungs_for`].
+#[cfg(feature = "vp8")]
+pub fn rungs_with_source(width: u32, height: u32, heights: &[u32]) -> Vec<Rung> {
+    let (w, h) = ((width & !1).max(16), (height & !1).max(16));
+    let source = Rung {
+        width: w,
+        height: h,
+        bitrate: (w * h * 3).max(100_000),
+    };
+    std::iter::once(source)
+        .chain(rungs_for(width, height, heights))
         .collect()
 }
 
@@ -118,7 +167,7 @@ impl Overload {
 
 /// Handle of a running ladder; dropping it stops the worker.
 pub struct Ladder {
-    jobs: SyncSender<(AccessUnit, Duration)>,
+    jobs: SyncSender<(Source, Duration)>,
     /// Rungs still encoded (the lowest are stopped first).
     active: Arc<AtomicUsize>,
     overload: Overload,
@@ -155,11 +204,16 @@ impl Ladder {
 
     /// Queues one source access unit; never blocks.
     pub fn push(&mut self, au: AccessUnit, now: Duration) {
-        if !self.overload.admit(au.keyframe) {
+        self.push_source(Source::H264(au), now);
+    }
+
+    /// Queues one source picture; never blocks.
+    pub fn push_source(&mut self, source: Source, now: Duration) {
+        if !self.overload.admit(source.keyframe()) {
             FRAMES_DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.jobs.try_send((au, now)) {
+        match self.jobs.try_send((source, now)) {
             Ok(()) => self.overload.queued(),
             Err(TrySendError::Full(_)) => {
                 FRAMES_DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +233,7 @@ impl Ladder {
 
     /// A ladder whose queue the test reads itself (a worker that stalls).
     #[cfg(test)]
-    fn stalled(rungs: usize) -> (Ladder, Receiver<(AccessUnit, Duration)>) {
+    fn stalled(rungs: usize) -> (Ladder, Receiver<(Source, Duration)>) {
         let (jobs, rx) = std::sync::mpsc::sync_channel(QUEUE_FRAMES);
         let ladder = Ladder {
             jobs,
@@ -289,50 +343,35 @@ fn encoder(rung: Rung) -> Result<Encoder, openh264::Error> {
     )
 }
 
-fn work(
-    jobs: Receiver<(AccessUnit, Duration)>,
+/// The rungs' encoders and pictures, and where their output goes.
+struct Rungs {
     rungs: Vec<Rung>,
+    encoders: Vec<Encoder>,
+    pictures: Vec<Picture>,
     active: Arc<AtomicUsize>,
     out: UnboundedSender<LadderOutput>,
-) {
-    let decoder = Decoder::new();
-    let encoders: Result<Vec<Encoder>, _> = rungs.iter().map(|r| encoder(*r)).collect();
-    let (mut decoder, mut encoders) = match (decoder, encoders) {
-        (Ok(d), Ok(e)) => (d, e),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!("hls: openh264 did not start ({e}): no ladder renditions");
-            return;
-        }
-    };
-    let mut pictures: Vec<Picture> = rungs
-        .iter()
-        .map(|r| Picture::new(r.width as usize, r.height as usize))
-        .collect();
-    let mut bitstream = BytesMut::new();
-    let mut started = false;
-    while let Ok((au, now)) = jobs.recv() {
-        started |= au.keyframe;
-        if !started {
-            continue; // nothing decodes before the first keyframe
-        }
-        annex_b(&au, &mut bitstream);
-        let decoded = match decoder.decode(&bitstream) {
-            Ok(Some(picture)) => picture,
-            Ok(None) => continue,
-            Err(e) => {
-                debug!("hls ladder: frame did not decode: {e}");
-                continue;
-            }
-        };
-        let running = active.load(Ordering::Relaxed).min(rungs.len());
-        for (i, (encoder, picture)) in encoders
+}
+
+impl Rungs {
+    /// Scales and encodes one decoded picture into every running rung.
+    /// Returns false once the session is over.
+    fn encode(
+        &mut self,
+        decoded: &impl YUVSource,
+        idr: bool,
+        rtp_timestamp: u32,
+        now: Duration,
+    ) -> bool {
+        let running = self.active.load(Ordering::Relaxed).min(self.rungs.len());
+        for (i, (encoder, picture)) in self
+            .encoders
             .iter_mut()
-            .zip(&mut pictures)
+            .zip(&mut self.pictures)
             .enumerate()
             .take(running)
         {
-            scale(&decoded, picture);
-            if au.keyframe {
+            scale(decoded, picture);
+            if idr {
                 // Same GOP as the source: every rendition's segments start
                 // on the same pictures.
                 encoder.force_intra_frame();
@@ -350,20 +389,109 @@ fn work(
                     continue;
                 }
             };
-            let Some(out_au) = AccessUnit::from_annex_b(au.rtp_timestamp, Bytes::from(encoded))
-            else {
+            let Some(au) = AccessUnit::from_annex_b(rtp_timestamp, Bytes::from(encoded)) else {
                 continue;
             };
-            if out
-                .send(LadderOutput {
-                    rung: i,
-                    au: out_au,
-                    now,
-                })
-                .is_err()
-            {
-                return; // the session is over
+            if self.out.send(LadderOutput { rung: i, au, now }).is_err() {
+                return false;
             }
+        }
+        true
+    }
+}
+
+fn work(
+    jobs: Receiver<(Source, Duration)>,
+    rungs: Vec<Rung>,
+    active: Arc<AtomicUsize>,
+    out: UnboundedSender<LadderOutput>,
+) {
+    let encoders = match rungs.iter().map(|r| encoder(*r)).collect() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!("hls: openh264 did not start ({e}): no ladder renditions");
+            return;
+        }
+    };
+    let pictures = rungs
+        .iter()
+        .map(|r| Picture::new(r.width as usize, r.height as usize))
+        .collect();
+    let mut rungs = Rungs {
+        rungs,
+        encoders,
+        pictures,
+        active,
+        out,
+    };
+    let mut h264: Option<Decoder> = None;
+    #[cfg(feature = "vp8")]
+    let mut vp8: Option<crate::vpx::Vp8Decoder> = None;
+    #[cfg(feature = "vp8")]
+    let mut last_idr: Option<u32> = None;
+    let mut bitstream = BytesMut::new();
+    let mut started = false;
+    while let Ok((source, now)) = jobs.recv() {
+        started |= source.keyframe();
+        if !started {
+            continue; // nothing decodes before the first keyframe
+        }
+        let ts = source.rtp_timestamp();
+        let going = match source {
+            Source::H264(au) => {
+                if h264.is_none() {
+                    match Decoder::new() {
+                        Ok(d) => h264 = Some(d),
+                        Err(e) => {
+                            warn!("hls: openh264 did not start ({e}): no ladder renditions");
+                            return;
+                        }
+                    }
+                }
+                let Some(decoder) = h264.as_mut() else { return };
+                annex_b(&au, &mut bitstream);
+                match decoder.decode(&bitstream) {
+                    Ok(Some(picture)) => rungs.encode(&picture, au.keyframe, ts, now),
+                    Ok(None) => true,
+                    Err(e) => {
+                        debug!("hls ladder: frame did not decode: {e}");
+                        true
+                    }
+                }
+            }
+            #[cfg(feature = "vp8")]
+            Source::Vp8(frame) => {
+                if vp8.is_none() {
+                    match crate::vpx::Vp8Decoder::new() {
+                        Ok(d) => vp8 = Some(d),
+                        Err(e) => {
+                            warn!("hls: libvpx did not start ({e}): no VP8 renditions");
+                            return;
+                        }
+                    }
+                }
+                let Some(decoder) = vp8.as_mut() else { return };
+                // IDRs where the source has keyframes, and at least every
+                // VP8_IDR_EVERY, so that segments can end.
+                let idr =
+                    frame.keyframe || last_idr.is_none_or(|t| ts.wrapping_sub(t) >= VP8_IDR_EVERY);
+                match decoder.decode(&frame.data) {
+                    Ok(Some(picture)) => {
+                        if idr {
+                            last_idr = Some(ts);
+                        }
+                        rungs.encode(&picture, idr, ts, now)
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        debug!("hls ladder: VP8 frame did not decode: {e}");
+                        true
+                    }
+                }
+            }
+        };
+        if !going {
+            return; // the session is over
         }
     }
 }

@@ -81,8 +81,13 @@
 //! [`Bridge::tee_access_units`], output through
 //! [`Bridge::add_h264_frame_track`]).
 //!
-//! Not here yet: VP8 input to the ladder, and A/V sync from RTCP sender
-//! reports (tracks are aligned by arrival time).
+//! A single-layer VP8 publish (feature `vp8`, which needs the system
+//! libvpx) has every rendition made by the ladder, the source's size
+//! included: libvpx decodes ([`vpx`]), openh264 encodes. Without the
+//! feature, a VP8 publish is bridged as audio only (and a warning says so).
+//!
+//! Not here yet: A/V sync from RTCP sender reports (tracks are aligned by
+//! arrival time).
 
 pub mod aac;
 pub mod bridge;
@@ -97,6 +102,8 @@ pub mod rtp;
 pub mod service;
 pub mod timeline;
 pub mod vp8;
+#[cfg(feature = "vp8")]
+pub mod vpx;
 
 pub use bridge::{Body, Bridge, BridgeConfig, PartRead, Rendition, TrackId};
 pub use h264::AccessUnit;

@@ -100,6 +100,10 @@ struct SourceRoute {
 /// the sample clock afresh (the encoder's clock jumped, or frames were lost).
 const SOURCE_RESYNC_MS: u64 = 100;
 
+/// Least time between key frame requests for a VP8 source.
+#[cfg(feature = "vp8")]
+const VP8_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Samples in an AAC-LC frame.
 const AAC_FRAME_SAMPLES: u64 = 1024;
 
@@ -107,7 +111,8 @@ const AAC_FRAME_SAMPLES: u64 = 1024;
 /// worker once the source's size is known (its first keyframe).
 #[derive(Debug)]
 struct LadderState {
-    source: TrackId,
+    /// The teed H.264 rendition; None for a VP8 source.
+    source: Option<TrackId>,
     heights: Vec<u32>,
     /// (track, index into `renditions`, height) per declared rung.
     renditions: Vec<(TrackId, usize, u32)>,
@@ -118,6 +123,24 @@ struct LadderState {
     teed: Vec<(AccessUnit, Duration)>,
     /// Could not start: do not try again.
     failed: bool,
+}
+
+/// The rendition height that stands for a VP8 source's own size (made by
+/// the ladder too, and named `video`).
+#[cfg(feature = "vp8")]
+const SOURCE_RUNG: u32 = 0;
+
+/// A VP8 video track (feature `vp8`): depacketized here, every rendition
+/// made by the ladder (libvpx decode, openh264 encode).
+#[cfg(feature = "vp8")]
+#[derive(Debug)]
+struct Vp8Input {
+    track: usize,
+    payload_types: Vec<u8>,
+    reorder: crate::rtp::ReorderBuffer,
+    depacketizer: crate::vp8::Vp8Depacketizer,
+    released: Vec<crate::rtp::Reordered>,
+    last_keyframe_request: Option<Duration>,
 }
 
 /// One publish (one `Live` generation) of a room.
@@ -135,6 +158,8 @@ pub struct LiveSession {
     ladder: Option<LadderState>,
     /// Tap track and layer count of each H.264 video track.
     video_tracks: Vec<(usize, usize)>,
+    #[cfg(feature = "vp8")]
+    vp8: Option<Vp8Input>,
 }
 
 /// What one packet did.
@@ -201,12 +226,16 @@ impl LiveSession {
         epoch_unix_ms: u64,
         source: Option<SourceAac>,
     ) -> LiveSession {
+        #[cfg(feature = "vp8")]
+        let reorder = config.reorder;
         let mut bridge = Bridge::new(config, epoch_unix_ms);
         let mut renditions = Vec::new();
         let mut routes = Vec::new();
         let mut skipped = Vec::new();
         let (mut nth_video, mut nth_audio) = (0, 0);
         let mut video_tracks = Vec::new();
+        #[cfg(feature = "vp8")]
+        let mut vp8: Option<Vp8Input> = None;
         for t in tracks {
             if routes.len() <= t.index {
                 routes.resize_with(t.index + 1, Vec::new);
@@ -224,6 +253,28 @@ impl LiveSession {
                 .collect();
             payload_types.sort_unstable();
             payload_types.dedup();
+            #[cfg(feature = "vp8")]
+            if t.video && payload_types.is_empty() && vp8.is_none() && nth_video == 0 {
+                let vp8_types: Vec<u8> = t
+                    .payload_types
+                    .iter()
+                    .filter(|(_, c)| *c == TapCodec::Vp8)
+                    .map(|(pt, _)| *pt)
+                    .collect();
+                // Single-layer VP8 only: a simulcast layer of its own size
+                // is the ladder's job, not several decodes.
+                if !vp8_types.is_empty() && t.layers.len() == 1 {
+                    vp8 = Some(Vp8Input {
+                        track: t.index,
+                        payload_types: vp8_types,
+                        reorder: crate::rtp::ReorderBuffer::new(reorder),
+                        depacketizer: crate::vp8::Vp8Depacketizer::new(),
+                        released: Vec::new(),
+                        last_keyframe_request: None,
+                    });
+                    continue;
+                }
+            }
             if payload_types.is_empty() {
                 skipped.push(Skipped {
                     track: t.index,
@@ -292,6 +343,8 @@ impl LiveSession {
             source,
             ladder: None,
             video_tracks,
+            #[cfg(feature = "vp8")]
+            vp8,
         }
     }
 
@@ -305,6 +358,10 @@ impl LiveSession {
         &mut self,
         heights: &[u32],
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LadderOutput>> {
+        #[cfg(feature = "vp8")]
+        if self.vp8.is_some() {
+            return self.enable_vp8_ladder(heights);
+        }
         let [(track, 1)] = self.video_tracks[..] else {
             return None; // simulcast is the ladder already; or no video
         };
@@ -334,7 +391,7 @@ impl LiveSession {
         self.bridge.tee_access_units(source_track);
         let (out, rx) = tokio::sync::mpsc::unbounded_channel();
         self.ladder = Some(LadderState {
-            source: source_track,
+            source: Some(source_track),
             heights: heights.to_vec(),
             renditions,
             running: None,
@@ -350,7 +407,8 @@ impl LiveSession {
     /// the first keyframe).
     fn feed_ladder(&mut self) {
         let Some(l) = &mut self.ladder else { return };
-        self.bridge.take_teed(l.source, &mut l.teed);
+        let Some(source) = l.source else { return };
+        self.bridge.take_teed(source, &mut l.teed);
         for (au, now) in l.teed.drain(..) {
             if l.running.is_none() && !l.failed {
                 let Some(ps) = au.parameter_sets.as_ref().filter(|_| au.keyframe) else {
@@ -376,6 +434,116 @@ impl LiveSession {
             if let Some(ladder) = &mut l.running {
                 ladder.push(au, now);
             }
+        }
+    }
+
+    /// The VP8 source's renditions: `video` at the source's size (known at
+    /// its first key frame) and `video-{h}p` below it, all made by the
+    /// ladder. Renditions are declared now; the ladder starts with the
+    /// first key frame.
+    #[cfg(feature = "vp8")]
+    fn enable_vp8_ladder(
+        &mut self,
+        heights: &[u32],
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LadderOutput>> {
+        let mut even: Vec<u32> = Vec::with_capacity(heights.len());
+        for h in heights.iter().map(|h| h & !1).filter(|&h| h >= 16) {
+            if !even.contains(&h) {
+                even.push(h);
+            }
+        }
+        let mut renditions = Vec::new();
+        let name = video_rendition_name(0, None, 0);
+        // The source's own size: what every player is listed first.
+        if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
+            renditions.push((t, push_name(&mut self.renditions, name), SOURCE_RUNG));
+        }
+        for &h in &even {
+            let name = format!("video-{h}p");
+            if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
+                self.bridge.set_optional(t);
+                renditions.push((t, push_name(&mut self.renditions, name), h));
+            }
+        }
+        if renditions.is_empty() {
+            return None;
+        }
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.ladder = Some(LadderState {
+            source: None,
+            heights: even,
+            renditions,
+            running: None,
+            map: Vec::new(),
+            out,
+            teed: Vec::new(),
+            failed: false,
+        });
+        Some(rx)
+    }
+
+    /// One VP8 packet: reordered, depacketized, whole frames to the ladder
+    /// (started on the first key frame, whose header tells the size).
+    #[cfg(feature = "vp8")]
+    fn push_vp8(&mut self, packet: &TapPacket, now: Duration) -> Pushed {
+        let Some(v) = self.vp8.as_mut() else {
+            return Pushed::default();
+        };
+        let rtp = RtpPacket {
+            seq: packet.seq_no,
+            timestamp: packet.timestamp,
+            marker: packet.marker,
+            payload: Bytes::copy_from_slice(&packet.payload),
+        };
+        v.reorder.push(rtp, now, &mut v.released);
+        let mut frames = Vec::new();
+        for item in v.released.drain(..) {
+            if let Some(frame) = v.depacketizer.push(item) {
+                frames.push(frame);
+            }
+        }
+        // A key frame is needed to start, and after a loss.
+        let mut progress = Progress::default();
+        if v.depacketizer.waiting_for_keyframe()
+            && v.last_keyframe_request
+                .is_none_or(|at| now.saturating_sub(at) >= VP8_KEYFRAME_REQUEST_INTERVAL)
+        {
+            v.last_keyframe_request = Some(now);
+            progress.keyframe_wanted = true;
+        }
+        let Some(l) = &mut self.ladder else {
+            return Pushed::default();
+        };
+        for frame in frames {
+            if l.running.is_none() && !l.failed {
+                let Some((w, h)) = frame.size.filter(|_| frame.keyframe) else {
+                    continue;
+                };
+                let rungs = crate::ladder::rungs_with_source(w as u32, h as u32, &l.heights);
+                l.map = rungs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        let wanted = if i == 0 { SOURCE_RUNG } else { r.height };
+                        l.renditions.iter().position(|(_, _, h)| *h == wanted)
+                    })
+                    .collect();
+                match Ladder::start(rungs, l.out.clone()) {
+                    Ok(ladder) => l.running = Some(ladder),
+                    Err(e) => {
+                        tracing::warn!("hls: the ladder thread did not start: {e}");
+                        l.failed = true;
+                    }
+                }
+            }
+            if let Some(ladder) = &mut l.running {
+                ladder.push_source(crate::ladder::Source::Vp8(frame), now);
+            }
+        }
+        // Only to carry the keyframe request (see `service::notify`).
+        Pushed {
+            rendition: l.renditions.first().map(|(_, r, _)| *r),
+            progress,
         }
     }
 
@@ -444,6 +612,14 @@ impl LiveSession {
 
     /// Feeds one tap packet that arrived `now` after the session's epoch.
     pub fn push(&mut self, packet: &TapPacket, now: Duration) -> Pushed {
+        #[cfg(feature = "vp8")]
+        if self
+            .vp8
+            .as_ref()
+            .is_some_and(|v| v.track == packet.track && v.payload_types.contains(&packet.pt))
+        {
+            return self.push_vp8(packet, now);
+        }
         let Some(layers) = self.routes.get_mut(packet.track) else {
             return Pushed::default();
         };
@@ -780,6 +956,110 @@ mod tests {
             &low[..2],
             "{src:?} vs {low:?}"
         );
+    }
+
+    /// The VP8 fixture's frames (IVF: 32-byte header, 12 bytes per frame).
+    #[cfg(feature = "vp8")]
+    fn vp8_frames() -> Vec<&'static [u8]> {
+        let ivf: &'static [u8] = include_bytes!("../testdata/vp8_320x180_30fps.ivf");
+        let mut frames = Vec::new();
+        let mut at = 32;
+        while at + 12 <= ivf.len() {
+            let len = u32::from_le_bytes(ivf[at..at + 4].try_into().unwrap()) as usize;
+            frames.push(&ivf[at + 12..at + 12 + len]);
+            at += 12 + len;
+        }
+        frames
+    }
+
+    /// RFC 7741 packets of `frames`, 30 fps from RTP time 90,000.
+    #[cfg(feature = "vp8")]
+    fn vp8_packets(frames: &[&[u8]]) -> Vec<RtpPacket> {
+        let mut out = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let chunks: Vec<&[u8]> = f.chunks(1000).collect();
+            for (k, c) in chunks.iter().enumerate() {
+                let mut payload = vec![if k == 0 { 0x10 } else { 0x00 }];
+                payload.extend_from_slice(c);
+                out.push(RtpPacket {
+                    seq: out.len() as u64,
+                    timestamp: 90_000 + 3_000 * i as u32,
+                    marker: k + 1 == chunks.len(),
+                    payload: Bytes::from(payload),
+                });
+            }
+        }
+        out
+    }
+
+    /// A single-layer VP8 publish: every rendition is made by the ladder
+    /// (libvpx decode, openh264 encode), the source's size first, with
+    /// segments starting on the same pictures.
+    #[cfg(feature = "vp8")]
+    #[test]
+    fn a_vp8_source_is_transcoded_into_every_rendition() {
+        let vp8 = vec![TapTrack {
+            index: 0,
+            video: true,
+            codec: TapCodec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+            layers: vec![None],
+            payload_types: vec![(96, TapCodec::Vp8)],
+        }];
+        let mut s = LiveSession::new(&vp8, BridgeConfig::default(), AudioOutput::Opus, 0);
+        assert!(s.skipped().is_empty());
+        let mut rx = s.enable_ladder(&[480, 120]).expect("a ladder");
+        assert_eq!(s.renditions(), ["video", "video-480p", "video-120p"]);
+        let frames = vp8_frames();
+        assert_eq!(frames.len(), 90);
+        // Before the first key frame is complete, a key frame is asked for.
+        let packets = vp8_packets(&frames);
+        let first = s.push(&tap_packet(0, 0, 96, &packets[1]), Duration::ZERO);
+        assert!(first.progress.keyframe_wanted);
+        let mut s = LiveSession::new(&vp8, BridgeConfig::default(), AudioOutput::Opus, 0);
+        let mut rx2 = s.enable_ladder(&[480, 120]).expect("a ladder");
+        std::mem::swap(&mut rx, &mut rx2);
+        for p in &packets {
+            let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
+            s.push(&tap_packet(0, 0, 96, p), now);
+            std::thread::sleep(Duration::from_millis(2));
+            while let Ok(out) = rx.try_recv() {
+                s.push_ladder_output(out);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let segments = |s: &LiveSession, n: &str| {
+            s.bridge
+                .rendition(n)
+                .unwrap()
+                .timeline()
+                .listed_segments()
+                .map(|seg| seg.start)
+                .collect::<Vec<u64>>()
+        };
+        while std::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(out) => {
+                    s.push_ladder_output(out);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+            if ["video", "video-120p"]
+                .iter()
+                .all(|n| segments(&s, n).len() >= 2)
+            {
+                break;
+            }
+        }
+        let text = s.bridge.multivariant_playlist().unwrap();
+        assert!(text.contains("RESOLUTION=320x180"), "{text}");
+        assert!(text.contains("RESOLUTION=214x120"), "{text}");
+        assert!(!text.contains("480p"), "{text}");
+        assert!(text.contains("avc1."), "{text}");
+        let (src, low) = (segments(&s, "video"), segments(&s, "video-120p"));
+        assert!(src.len() >= 2 && low.len() >= 2, "{src:?} / {low:?}");
+        assert_eq!(&src[..2], &low[..2]);
     }
 
     #[test]

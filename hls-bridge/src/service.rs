@@ -367,7 +367,7 @@ async fn run_room(hls: Arc<Hls>, name: String, room: Arc<Room>) {
                     ladder = live.enable_ladder(&heights);
                     for s in live.skipped() {
                         warn!(room = %name, track = s.track, codec = ?s.codec,
-                            "hls: track not bridged (only H.264 video and Opus audio are)");
+                            "hls: track not bridged (H.264 video and Opus audio are; single-layer VP8 with the vp8 feature)");
                     }
                     let session = Arc::new(Session::new(live, session_id(epoch)));
                     info!(room = %name, generation, session = %session.id,

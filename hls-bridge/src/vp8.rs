@@ -79,6 +79,12 @@ impl Vp8Depacketizer {
         self.stats
     }
 
+    /// Whether frames are dropped until the next key frame (at the start,
+    /// and after a loss): the publisher should be asked for one.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_for_keyframe
+    }
+
     /// Feeds what the reorder window released.
     pub fn push(&mut self, item: Reordered) -> Option<Vp8Frame> {
         match item {

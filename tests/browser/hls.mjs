@@ -38,6 +38,12 @@ const args = parseArgs({
   key: undefined,
   seconds: 15,
   layers: 3,
+  // The publisher's codec and picture (VP8 goes through the ladder).
+  codec: 'video/H264',
+  width: 1280,
+  height: 720,
+  // Variants to wait for in the multivariant playlist (0: `layers`).
+  variants: 0,
   'ready-file': '',
   // hls.js maxLiveSyncPlaybackRate (1: hls.js' default, no catching up).
   'catch-up-rate': 1,
@@ -177,14 +183,15 @@ await runReport(deadlineMs, async (report) => {
       base: args.base,
       room: args.room,
       key: args.key,
-      codec: 'video/H264',
-      width: 1280,
-      height: 720,
-      videoEncodings: [
+      codec: args.codec,
+      width: Number(args.width),
+      height: Number(args.height),
+      // One layer: no simulcast at all (a single-layer publish).
+      videoEncodings: args.layers > 1 ? [
         { rid: 'h' },
         { rid: 'm', scaleResolutionDownBy: 2 },
         { rid: 'l', scaleResolutionDownBy: 4 },
-      ].slice(0, args.layers),
+      ].slice(0, args.layers) : undefined,
     });
     delete report.publish.answerSdp;
     if (report.publish.error) throw new Error(report.publish.error);
@@ -198,7 +205,7 @@ await runReport(deadlineMs, async (report) => {
       const r = await fetch(url).catch(() => null);
       text = r?.ok ? await r.text() : '';
       variants = (text.match(/#EXT-X-STREAM-INF/g) ?? []).length;
-      if (variants >= args.layers && text.includes('TYPE=AUDIO')) break;
+      if (variants >= (args.variants || args.layers) && text.includes('TYPE=AUDIO')) break;
       await sleep(300);
     }
     report.multivariantMs = Date.now() - t0;
