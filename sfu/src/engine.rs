@@ -39,7 +39,7 @@ use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, KeyframeProb
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{congestion_cap, LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
-use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack};
+use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack, TAP_SIGNAL_RESERVE};
 use crate::{
     stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
     SessionInfo, SfuConfig, SfuError, ViewerState,
@@ -2322,7 +2322,12 @@ fn fan_out(
     if let Some(taps) = taps {
         // A tap that cannot keep up loses packets (it sees the gap), and
         // one whose receiver is gone is dropped: neither slows the room.
+        // The last TAP_SIGNAL_RESERVE slots are kept for Live and Ended,
+        // which must never be lost (`notify_taps`).
         taps.retain(|t| {
+            if t.capacity() <= TAP_SIGNAL_RESERVE {
+                return !t.is_closed();
+            }
             let p = TapPacket {
                 track: track_index,
                 layer,
@@ -2491,6 +2496,28 @@ mod tests {
     const OPUS: IngestCodec = IngestCodec::Opus { channels: 2 };
     /// An IDR NAL unit (single-NAL packet): a keyframe start.
     const IDR: &[u8] = &[0x65, 0x88, 0x84, 0x00];
+
+    #[test]
+    fn a_full_tap_loses_packets_but_never_the_end_of_a_publish() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (tx, mut tap) = mpsc::channel(16);
+        e.add_tap("r", tx);
+        let (id, _, _signals) = e.publish_internal(now, "r", "rtmp", &[H264]).unwrap();
+        // The tap's reader is stalled: far more packets than its queue holds.
+        for seq in 0..100 {
+            e.ingest(now, id, 0, packet(seq, IDR));
+        }
+        e.end_internal(now, id);
+        let events: Vec<TapEvent> = std::iter::from_fn(|| tap.try_recv().ok()).collect();
+        assert!(matches!(events.first(), Some(TapEvent::Live { .. })));
+        assert!(matches!(events.last(), Some(TapEvent::Ended)), "{events:?}");
+        let packets = events
+            .iter()
+            .filter(|e| matches!(e, TapEvent::Packet(_)))
+            .count();
+        assert!(packets > 0 && packets < 100, "{packets}");
+    }
 
     #[test]
     fn an_internal_publisher_feeds_taps_and_hears_keyframe_requests() {

@@ -10,7 +10,8 @@
 //!
 //! A tap never slows the room: its channel is bounded, and a full channel
 //! drops the packet (the tap sees the sequence gap and waits for the next
-//! keyframe).
+//! keyframe). The publish's start and end are never dropped: the last few
+//! slots are kept for them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,11 @@ use tokio::sync::mpsc;
 pub const TAP_QUEUE: usize = 4096;
 
 pub(crate) type TapSender = mpsc::Sender<TapEvent>;
+
+/// Slots of a tap's queue that packets never take: they are kept for the
+/// `Live` and `Ended` events, which a tap must not miss however far behind
+/// it is (a lost `Ended` would leave the HLS bridge serving a dead publish).
+pub(crate) const TAP_SIGNAL_RESERVE: usize = 4;
 
 /// What a tap receives.
 #[derive(Debug, Clone)]
