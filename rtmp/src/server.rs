@@ -183,7 +183,25 @@ pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, confi
     }
 }
 
-/// Open connections per source address.
+/// The address a connection counts against: itself for IPv4 (and IPv4
+/// mapped into IPv6), its /64 for IPv6, since one host or home network
+/// usually holds a whole /64 and could otherwise open connections from
+/// as many addresses as it likes.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Open connections per source address (per /64 for IPv6, see [`source_key`]).
 #[derive(Clone, Default)]
 struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
@@ -195,6 +213,7 @@ struct IpSlot {
 
 impl PerIp {
     fn acquire(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let ip = source_key(ip);
         let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let open = table.entry(ip).or_insert(0);
         if *open >= limit {
@@ -663,6 +682,26 @@ mod tests {
         s.constraint_flags = constraint_flags;
         s.level_idc = level_idc;
         s
+    }
+
+    #[test]
+    fn connections_count_per_address_and_per_ipv6_64() {
+        let table = PerIp::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Two addresses of one /64 share its limit; another /64 has its own.
+        let a = table.acquire(ip("2001:db8:1:2::10"), 2).unwrap();
+        let b = table.acquire(ip("2001:db8:1:2:ffff::1"), 2).unwrap();
+        assert!(table.acquire(ip("2001:db8:1:2::99"), 2).is_none());
+        assert!(table.acquire(ip("2001:db8:1:3::10"), 2).is_some());
+        // IPv4, and IPv4 mapped into IPv6, count per address.
+        let c = table.acquire(ip("192.0.2.1"), 1).unwrap();
+        assert!(table.acquire(ip("::ffff:192.0.2.1"), 1).is_none());
+        assert!(table.acquire(ip("192.0.2.2"), 1).is_some());
+        // A closed connection frees its place.
+        drop((a, c));
+        assert!(table.acquire(ip("2001:db8:1:2::99"), 2).is_some());
+        assert!(table.acquire(ip("192.0.2.1"), 1).is_some());
+        drop(b);
     }
 
     #[test]
