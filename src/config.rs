@@ -68,7 +68,8 @@ pub struct Cli {
     #[arg(long, env = "DIONYSIA_RTMP_LISTEN")]
     pub rtmp_listen: Option<String>,
 
-    /// Most RTMP connections at once from one IP address [default: 8]
+    /// Most RTMP connections at once from one IP address (an IPv6 /64 counts
+    /// as one) [default: 8]
     #[arg(long, env = "DIONYSIA_RTMP_MAX_CONNECTIONS_PER_IP")]
     pub rtmp_max_connections_per_ip: Option<usize>,
 

@@ -47,6 +47,15 @@ impl Guard {
     /// an unknown stream key is a failed authentication of its source, and
     /// a source past the limit raises no more `publisher.rejected` webhooks
     /// (each would be up to five deliveries, stored).
+    /// RTMP connections from an address past the limit are closed at
+    /// accept, as its HTTP requests get 429: no more guesses over RTMP.
+    pub fn rtmp_admission(&self) -> rtmp::AdmissionHook {
+        let g = self.clone();
+        rtmp::AdmissionHook(Arc::new(move |ip| {
+            g.limiter.blocked(ip, Instant::now()).is_none()
+        }))
+    }
+
     pub fn rtmp_rejections(&self) -> rtmp::RejectionHook {
         let g = self.clone();
         rtmp::RejectionHook(Arc::new(move |r: rtmp::Rejection| {

@@ -91,6 +91,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let rtmp_config = rtmp::ServerConfig {
             sources: Some(sources.clone()),
             on_rejected: Some(guard.rtmp_rejections()),
+            admit: Some(guard.rtmp_admission()),
             max_connections_per_ip: config.rtmp_max_connections_per_ip,
             ..rtmp::ServerConfig::default()
         };

@@ -925,6 +925,66 @@ fn failed_authentications_are_rate_limited_per_source() {
     );
 }
 
+/// An address past the limit of failed authentications cannot go on
+/// guessing keys over RTMP either: its connections are closed at accept,
+/// before the handshake, while other addresses still connect.
+#[test]
+fn an_address_past_the_failure_limit_is_refused_on_rtmp_too() {
+    use std::io::{Read, Write};
+    let rtmp_port = common::free_tcp_port();
+    let listen = format!("127.0.0.1:{rtmp_port}");
+    let s = Server::start_with_env(
+        &["--admin-token", ADMIN, "--auth-failure-limit", "2"],
+        &[("DIONYSIA_RTMP_LISTEN", &listen)],
+    );
+    // The RTMP handshake's first answer (S0+S1) to a C0+C1, or nothing.
+    let handshake = |from: &str| -> usize {
+        let local = std::net::SocketAddr::new(from.parse().unwrap(), 0);
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&local.into()).unwrap();
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], rtmp_port));
+        sock.connect(&remote.into()).unwrap();
+        let mut tcp: std::net::TcpStream = sock.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut c0c1 = vec![3u8];
+        c0c1.extend(std::iter::repeat_n(0u8, 1536));
+        if tcp.write_all(&c0c1).is_err() {
+            return 0;
+        }
+        let mut got = vec![0u8; 1537];
+        let mut n = 0;
+        while n < got.len() {
+            match tcp.read(&mut got[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        n
+    };
+    eventually(Duration::from_secs(5), "the RTMP port", || {
+        (handshake("127.0.0.1") == 1537).then_some(())
+    });
+    let c = client();
+    for _ in 0..2 {
+        assert_problem(
+            c.get(s.url("/api/v1/rooms"))
+                .bearer_auth("wrong")
+                .send()
+                .unwrap(),
+            401,
+        );
+    }
+    assert_problem(admin(c.get(s.url("/api/v1/rooms"))).send().unwrap(), 429);
+    assert_eq!(
+        handshake("127.0.0.1"),
+        0,
+        "a blocked address got an RTMP handshake"
+    );
+    // Another source address (loopback is a /8) is not blocked.
+    assert_eq!(handshake("127.0.0.2"), 1537);
+}
+
 // ---------------------------------------------------------------- webhooks
 
 struct Hook {

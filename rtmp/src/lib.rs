@@ -154,5 +154,7 @@ pub use ingest::{
     AacFrame, AudioEvent, AudioIngest, VideoEvent, VideoFrame, VideoIngest, B_FRAMES_HINT,
 };
 pub use packetizer::{rtp_timestamp, H264Packetizer, RtpPayload};
-pub use server::{serve, serve_with, Rejection, RejectionHook, ServerConfig, StreamKeys};
+pub use server::{
+    serve, serve_with, AdmissionHook, Rejection, RejectionHook, ServerConfig, StreamKeys,
+};
 pub use session::{Event, PublishRejection, ServerSession, SessionConfig};

@@ -72,6 +72,18 @@ impl std::fmt::Debug for RejectionHook {
     }
 }
 
+/// Asked at accept whether a source address may connect at all (false: the
+/// connection is closed at once, e.g. an address past the server's limit
+/// of failed authentications).
+#[derive(Clone)]
+pub struct AdmissionHook(pub Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AdmissionHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdmissionHook")
+    }
+}
+
 /// Without a video config after this much audio, a stream is audio-only.
 const AUDIO_ONLY_AFTER_MS: u32 = 1000;
 
@@ -107,6 +119,8 @@ pub struct ServerConfig {
     pub sources: Option<SourceRegistry>,
     /// Told about every refused publish.
     pub on_rejected: Option<RejectionHook>,
+    /// Asked about every new connection; `None`: all are admitted.
+    pub admit: Option<AdmissionHook>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +136,7 @@ impl Default for ServerConfig {
             reencode_b_frames: true,
             sources: None,
             on_rejected: None,
+            admit: None,
         }
     }
 }
@@ -147,6 +162,10 @@ pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, confi
                 continue;
             }
         };
+        if config.admit.as_ref().is_some_and(|a| !(a.0)(peer.ip())) {
+            debug!(%peer, "RTMP connection refused: this address is blocked for now");
+            continue; // dropping `sock` closes it
+        }
         let Some(ip_slot) = per_ip.acquire(peer.ip(), config.max_connections_per_ip) else {
             debug!(%peer, "RTMP connection refused: {} connections open from this address", config.max_connections_per_ip);
             continue; // dropping `sock` closes it
