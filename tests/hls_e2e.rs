@@ -256,9 +256,14 @@ fn check_http(base: &str, multivariant_url: &str, media_url: &str) {
     assert_eq!(r.status(), 404);
 }
 
-#[test]
-fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
-    let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+/// Runs `hls.mjs` (a Chromium publisher and hls.js) against `server` on a
+/// thread, and returns once it has written `ready_file` (the room's HLS is
+/// up) or ended. Join the handle for its report.
+fn hls_js(
+    server: &common::Server,
+    ready_file: &Path,
+    extra: &[&str],
+) -> std::thread::JoinHandle<Value> {
     let dir = common::repo_root().join("tests/browser");
     assert!(
         dir.join("node_modules/hls.js").is_dir()
@@ -266,42 +271,69 @@ fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
         "tests/browser/node_modules is missing: run scripts/test.sh \
          (or `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci` in tests/browser)"
     );
-    let server = common::Server::start(&["--room", &format!("{ROOM}:{KEY}")]);
-    let scratch = common::TempDir::new("hls");
-    let ready_file = scratch.path.join("ready");
-    let browser = {
-        let (base, ready) = (server.base.clone(), ready_file.to_str().unwrap().to_owned());
-        let dir = dir.clone();
-        std::thread::spawn(move || {
-            common::run_json(
-                "node",
-                &[
-                    "hls.mjs",
-                    "--base",
-                    &base,
-                    "--room",
-                    ROOM,
-                    "--key",
-                    KEY,
-                    "--seconds",
-                    PLAY_SECONDS,
-                    "--ready-file",
-                    &ready,
-                    "--republish",
-                    "1",
-                ],
-                &dir,
-                Duration::from_secs(90),
-            )
-        })
-    };
-
-    // While hls.js plays: ffprobe every rendition, and the HTTP contract.
+    let ready = ready_file.to_str().unwrap().to_owned();
+    let mut args: Vec<String> = [
+        "hls.mjs",
+        "--base",
+        &server.base,
+        "--room",
+        ROOM,
+        "--key",
+        KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--ready-file".to_owned(), ready]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let browser = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_json("node", &args, &dir, Duration::from_secs(90))
+    });
     let start = Instant::now();
-    while !Path::new(&ready_file).exists() && !browser.is_finished() {
+    while !ready_file.exists() && !browser.is_finished() {
         assert!(start.elapsed() < Duration::from_secs(60), "never ready");
         std::thread::sleep(Duration::from_millis(100));
     }
+    browser
+}
+
+/// hls.js played for about `seconds`: no fatal error, `currentTime` went
+/// on with the wall clock, no stall over 1 s, audio decoded.
+fn assert_played(v: &Value, seconds: f64) {
+    let fatal: Vec<&Value> = v["errors"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["fatal"] == true).collect())
+        .unwrap_or_default();
+    assert!(fatal.is_empty(), "fatal hls.js errors: {fatal:?}");
+    let played = num(&v["playedSeconds"]);
+    assert!(played >= seconds - 6.0, "played only {played} s: {v:#}");
+    let advanced = num(&v["currentTime"]) - num(&v["firstCurrentTime"]);
+    assert!(
+        advanced >= played - 2.0,
+        "currentTime advanced {advanced} s in {played} s"
+    );
+    assert!(num(&v["maxStallMs"]) <= 1000.0, "stall: {v:#}");
+    assert!(
+        num(&v["audioDecodedBytes"]) > 0.0,
+        "no audio decoded: {v:#}"
+    );
+    assert!(num(&v["frames"]) > 0.0 && v["paused"] == false, "{v:#}");
+}
+
+#[test]
+fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
+    let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::Server::start(&["--room", &format!("{ROOM}:{KEY}")]);
+    let scratch = common::TempDir::new("hls");
+    let ready_file = scratch.path.join("ready");
+    let browser = hls_js(
+        &server,
+        &ready_file,
+        &["--seconds", PLAY_SECONDS, "--republish", "1"],
+    );
+
+    // While hls.js plays: ffprobe every rendition, and the HTTP contract.
     let multivariant_url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
     let mut probed = Vec::new();
     if Path::new(&ready_file).exists() {
@@ -381,25 +413,7 @@ fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
     assert_eq!(v["levels"].as_array().map(Vec::len), Some(3), "{v:#}");
     assert_eq!(v["audioTracks"].as_array().map(Vec::len), Some(1), "{v:#}");
     assert_eq!(v["levels"][0]["audioCodec"], "mp4a.40.2", "{v:#}");
-    let fatal: Vec<&Value> = v["errors"]
-        .as_array()
-        .map(|e| e.iter().filter(|e| e["fatal"] == true).collect())
-        .unwrap_or_default();
-    assert!(fatal.is_empty(), "fatal hls.js errors: {fatal:?}");
-    let played = num(&v["playedSeconds"]);
-    let seconds: f64 = PLAY_SECONDS.parse().unwrap();
-    assert!(played >= seconds - 6.0, "played only {played} s: {v:#}");
-    let advanced = num(&v["currentTime"]) - num(&v["firstCurrentTime"]);
-    assert!(
-        advanced >= played - 2.0,
-        "currentTime advanced {advanced} s in {played} s"
-    );
-    assert!(num(&v["maxStallMs"]) <= 1000.0, "stall: {v:#}");
-    assert!(
-        num(&v["audioDecodedBytes"]) > 0.0,
-        "no audio decoded: {v:#}"
-    );
-    assert!(num(&v["frames"]) > 0.0 && v["paused"] == false, "{v:#}");
+    assert_played(v, PLAY_SECONDS.parse().unwrap());
 
     // A republish is a new session: new URLs, so nothing a CDN cached of the
     // first publish (whose file names also started at seg0) is reused.
@@ -433,49 +447,27 @@ fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
 #[test]
 fn chromium_vp8_publish_is_transcoded_for_hls_js() {
     let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = common::repo_root().join("tests/browser");
     let server = common::Server::start(&["--room", &format!("{ROOM}:{KEY}")]);
     let scratch = common::TempDir::new("hls-vp8");
     let ready_file = scratch.path.join("ready");
-    let browser = {
-        let (base, ready) = (server.base.clone(), ready_file.to_str().unwrap().to_owned());
-        let dir = dir.clone();
-        std::thread::spawn(move || {
-            common::run_json(
-                "node",
-                &[
-                    "hls.mjs",
-                    "--base",
-                    &base,
-                    "--room",
-                    ROOM,
-                    "--key",
-                    KEY,
-                    "--seconds",
-                    "10",
-                    "--ready-file",
-                    &ready,
-                    "--codec",
-                    "video/VP8",
-                    "--layers",
-                    "1",
-                    "--variants",
-                    "2",
-                    "--width",
-                    "640",
-                    "--height",
-                    "360",
-                ],
-                &dir,
-                Duration::from_secs(90),
-            )
-        })
-    };
-    let start = Instant::now();
-    while !Path::new(&ready_file).exists() && !browser.is_finished() {
-        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let browser = hls_js(
+        &server,
+        &ready_file,
+        &[
+            "--seconds",
+            "10",
+            "--codec",
+            "video/VP8",
+            "--layers",
+            "1",
+            "--variants",
+            "2",
+            "--width",
+            "640",
+            "--height",
+            "360",
+        ],
+    );
     let multivariant_url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
     let mut sizes = Vec::new();
     if Path::new(&ready_file).exists() {
@@ -523,21 +515,5 @@ fn chromium_vp8_publish_is_transcoded_for_hls_js() {
         report["loadavg"]
     );
     assert_eq!(v["levels"].as_array().map(Vec::len), Some(2), "{v:#}");
-    let fatal: Vec<&Value> = v["errors"]
-        .as_array()
-        .map(|e| e.iter().filter(|e| e["fatal"] == true).collect())
-        .unwrap_or_default();
-    assert!(fatal.is_empty(), "fatal hls.js errors: {fatal:?}");
-    let played = num(&v["playedSeconds"]);
-    assert!(played >= 4.0, "played only {played} s: {v:#}");
-    let advanced = num(&v["currentTime"]) - num(&v["firstCurrentTime"]);
-    assert!(
-        advanced >= played - 2.0,
-        "currentTime advanced {advanced} s in {played} s"
-    );
-    assert!(num(&v["maxStallMs"]) <= 1000.0, "stall: {v:#}");
-    assert!(
-        num(&v["audioDecodedBytes"]) > 0.0,
-        "no audio decoded: {v:#}"
-    );
+    assert_played(v, 10.0);
 }

@@ -894,19 +894,23 @@ fn cli_creates_lists_rotates_and_deletes_rooms() {
     assert_eq!(r.status().as_u16(), 200);
 }
 
+/// `times` requests with a wrong admin token, each answered 401.
+fn fail_admin_auth(s: &Server, times: usize) {
+    for _ in 0..times {
+        let r = client()
+            .get(s.url("/api/v1/rooms"))
+            .bearer_auth("wrong")
+            .send()
+            .unwrap();
+        assert_problem(r, 401);
+    }
+}
+
 #[test]
 fn failed_authentications_are_rate_limited_per_source() {
     let s = start(&["--auth-failure-limit", "3", "--room", "r1:room-key-1234"]);
     let c = client();
-    for _ in 0..2 {
-        assert_problem(
-            c.get(s.url("/api/v1/rooms"))
-                .bearer_auth("wrong")
-                .send()
-                .unwrap(),
-            401,
-        );
-    }
+    fail_admin_auth(&s, 2);
     assert_problem(whip_post(&s, "r1", Some("wrong-key")), 401);
     // Past the limit even good credentials wait: guessing gains nothing.
     let r = admin(c.get(s.url("/api/v1/rooms"))).send().unwrap();
@@ -966,15 +970,7 @@ fn an_address_past_the_failure_limit_is_refused_on_rtmp_too() {
         (handshake("127.0.0.1") == 1537).then_some(())
     });
     let c = client();
-    for _ in 0..2 {
-        assert_problem(
-            c.get(s.url("/api/v1/rooms"))
-                .bearer_auth("wrong")
-                .send()
-                .unwrap(),
-            401,
-        );
-    }
+    fail_admin_auth(&s, 2);
     assert_problem(admin(c.get(s.url("/api/v1/rooms"))).send().unwrap(), 429);
     assert_eq!(
         handshake("127.0.0.1"),

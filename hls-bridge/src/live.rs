@@ -143,6 +143,51 @@ struct Vp8Input {
     last_keyframe_request: Option<Duration>,
 }
 
+impl LadderState {
+    /// Not started yet; the encoded pictures will arrive on the receiver.
+    fn new(
+        source: Option<TrackId>,
+        heights: Vec<u32>,
+        renditions: Vec<(TrackId, usize, u32)>,
+    ) -> (
+        LadderState,
+        tokio::sync::mpsc::UnboundedReceiver<LadderOutput>,
+    ) {
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = LadderState {
+            source,
+            heights,
+            renditions,
+            running: None,
+            map: Vec::new(),
+            out,
+            teed: Vec::new(),
+            failed: false,
+        };
+        (state, rx)
+    }
+
+    /// Starts the worker for `rungs`, rung `i` feeding the rendition of
+    /// height `heights[i]`; with no rungs, or if it cannot start, never again.
+    fn start(&mut self, rungs: Vec<crate::ladder::Rung>, heights: &[u32]) {
+        self.map = heights
+            .iter()
+            .filter_map(|h| self.renditions.iter().position(|(_, _, r)| r == h))
+            .collect();
+        if rungs.is_empty() {
+            self.failed = true;
+            return;
+        }
+        match Ladder::start(rungs, self.out.clone()) {
+            Ok(ladder) => self.running = Some(ladder),
+            Err(e) => {
+                tracing::warn!("hls: the ladder thread did not start: {e}");
+                self.failed = true;
+            }
+        }
+    }
+}
+
 /// One publish (one `Live` generation) of a room.
 #[derive(Debug)]
 pub struct LiveSession {
@@ -367,40 +412,27 @@ impl LiveSession {
         };
         let source = self.routes.get(track)?.first()?.as_ref()?;
         let source_track = source.track;
-        // Rungs are even (4:2:0) and found again by height: name the
-        // renditions by the heights made, once each, or a rung's pictures
-        // would land in another rung's rendition.
-        let mut even: Vec<u32> = Vec::with_capacity(heights.len());
-        for h in heights.iter().map(|h| h & !1) {
-            if !even.contains(&h) {
-                even.push(h);
-            }
-        }
-        let heights = &even[..];
+        let even = distinct_even(heights);
         let mut renditions = Vec::new();
-        for &h in heights {
-            let name = format!("video-{h}p");
-            if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
-                self.bridge.set_optional(t);
-                renditions.push((t, push_name(&mut self.renditions, name), h));
-            }
-        }
+        self.add_rung_renditions(&even, &mut renditions);
         if renditions.is_empty() {
             return None;
         }
         self.bridge.tee_access_units(source_track);
-        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.ladder = Some(LadderState {
-            source: Some(source_track),
-            heights: heights.to_vec(),
-            renditions,
-            running: None,
-            map: Vec::new(),
-            out,
-            teed: Vec::new(),
-            failed: false,
-        });
+        let (state, rx) = LadderState::new(Some(source_track), even, renditions);
+        self.ladder = Some(state);
         Some(rx)
+    }
+
+    /// Declares the optional rendition `video-{h}p` of each height.
+    fn add_rung_renditions(&mut self, heights: &[u32], out: &mut Vec<(TrackId, usize, u32)>) {
+        for &h in heights {
+            let name = format!("video-{h}p");
+            if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
+                self.bridge.set_optional(t);
+                out.push((t, push_name(&mut self.renditions, name), h));
+            }
+        }
     }
 
     /// Hands the source's new access units to the ladder (starting it on
@@ -409,32 +441,21 @@ impl LiveSession {
         let Some(l) = &mut self.ladder else { return };
         let Some(source) = l.source else { return };
         self.bridge.take_teed(source, &mut l.teed);
-        for (au, now) in l.teed.drain(..) {
+        let mut teed = std::mem::take(&mut l.teed);
+        for (au, now) in teed.drain(..) {
             if l.running.is_none() && !l.failed {
                 let Some(ps) = au.parameter_sets.as_ref().filter(|_| au.keyframe) else {
                     continue;
                 };
                 let rungs = rungs_for(ps.info.width, ps.info.height, &l.heights);
-                l.map = rungs
-                    .iter()
-                    .filter_map(|r| l.renditions.iter().position(|(_, _, h)| *h == r.height))
-                    .collect();
-                if rungs.is_empty() {
-                    l.failed = true;
-                    continue;
-                }
-                match Ladder::start(rungs, l.out.clone()) {
-                    Ok(ladder) => l.running = Some(ladder),
-                    Err(e) => {
-                        tracing::warn!("hls: the ladder thread did not start: {e}");
-                        l.failed = true;
-                    }
-                }
+                let heights: Vec<u32> = rungs.iter().map(|r| r.height).collect();
+                l.start(rungs, &heights);
             }
             if let Some(ladder) = &mut l.running {
                 ladder.push(au, now);
             }
         }
+        l.teed = teed; // keeps its allocation
     }
 
     /// The VP8 source's renditions: `video` at the source's size (known at
@@ -446,39 +467,19 @@ impl LiveSession {
         &mut self,
         heights: &[u32],
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LadderOutput>> {
-        let mut even: Vec<u32> = Vec::with_capacity(heights.len());
-        for h in heights.iter().map(|h| h & !1).filter(|&h| h >= 16) {
-            if !even.contains(&h) {
-                even.push(h);
-            }
-        }
+        let even = distinct_even(heights);
         let mut renditions = Vec::new();
         let name = video_rendition_name(0, None, 0);
         // The source's own size: what every player is listed first.
         if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
             renditions.push((t, push_name(&mut self.renditions, name), SOURCE_RUNG));
         }
-        for &h in &even {
-            let name = format!("video-{h}p");
-            if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
-                self.bridge.set_optional(t);
-                renditions.push((t, push_name(&mut self.renditions, name), h));
-            }
-        }
+        self.add_rung_renditions(&even, &mut renditions);
         if renditions.is_empty() {
             return None;
         }
-        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.ladder = Some(LadderState {
-            source: None,
-            heights: even,
-            renditions,
-            running: None,
-            map: Vec::new(),
-            out,
-            teed: Vec::new(),
-            failed: false,
-        });
+        let (state, rx) = LadderState::new(None, even, renditions);
+        self.ladder = Some(state);
         Some(rx)
     }
 
@@ -520,21 +521,11 @@ impl LiveSession {
                     continue;
                 };
                 let rungs = crate::ladder::rungs_with_source(w as u32, h as u32, &l.heights);
-                l.map = rungs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        let wanted = if i == 0 { SOURCE_RUNG } else { r.height };
-                        l.renditions.iter().position(|(_, _, h)| *h == wanted)
-                    })
+                // Rung 0 is the source's size: the `video` rendition.
+                let heights: Vec<u32> = std::iter::once(SOURCE_RUNG)
+                    .chain(rungs.iter().skip(1).map(|r| r.height))
                     .collect();
-                match Ladder::start(rungs, l.out.clone()) {
-                    Ok(ladder) => l.running = Some(ladder),
-                    Err(e) => {
-                        tracing::warn!("hls: the ladder thread did not start: {e}");
-                        l.failed = true;
-                    }
-                }
+                l.start(rungs, &heights);
             }
             if let Some(ladder) = &mut l.running {
                 ladder.push_source(crate::ladder::Source::Vp8(frame), now);
@@ -679,6 +670,19 @@ impl LiveSession {
         }
         pushed
     }
+}
+
+/// Rung heights as made: even (4:2:0), at least 16, once each. Rungs are
+/// found again by height, so a repeated one would send a rung's pictures
+/// into another rung's rendition.
+fn distinct_even(heights: &[u32]) -> Vec<u32> {
+    let mut even: Vec<u32> = Vec::with_capacity(heights.len());
+    for h in heights.iter().map(|h| h & !1).filter(|&h| h >= 16) {
+        if !even.contains(&h) {
+            even.push(h);
+        }
+    }
+    even
 }
 
 fn push_name(names: &mut Vec<String>, name: String) -> usize {
