@@ -175,8 +175,10 @@ impl ViewerTokenKey {
 
 // ------------------------------------------------------- failed-auth limit
 
-/// Counts failed authentications per source IP in a fixed window; past the
-/// limit the source is refused (`429`) until the window ends.
+/// Counts failed authentications per source in a fixed window; past the
+/// limit the source is refused (`429`) until the window ends. A source is
+/// an IPv4 address (also when mapped into IPv6) or an IPv6 /64
+/// (`rtmp::source_key`).
 pub struct FailureLimiter {
     limit: u32,
     window: Duration,
@@ -201,6 +203,7 @@ impl FailureLimiter {
         if self.limit == 0 {
             return None;
         }
+        let ip = rtmp::source_key(ip);
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let (start, n) = sources.get(&ip)?;
         let left = self.window.checked_sub(now.duration_since(*start))?;
@@ -211,6 +214,7 @@ impl FailureLimiter {
         if self.limit == 0 {
             return;
         }
+        let ip = rtmp::source_key(ip);
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         if sources.len() >= SWEEP_AT {
             let window = self.window;
@@ -289,6 +293,23 @@ mod tests {
         let off = FailureLimiter::new(0, Duration::from_secs(60));
         off.record_failure(ip, t0);
         assert_eq!(off.blocked(ip, t0), None);
+    }
+
+    #[test]
+    fn limiter_counts_an_ipv6_64_and_a_mapped_ipv4_as_one_source() {
+        let l = FailureLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Rotating addresses inside one /64 gains nothing.
+        l.record_failure(ip("2001:db8::1"), t0);
+        l.record_failure(ip("2001:db8::ffff:2"), t0);
+        assert!(l.blocked(ip("2001:db8::3"), t0).is_some());
+        assert!(l.blocked(ip("2001:db8:0:1::3"), t0).is_none());
+        // Failures over HTTP (IPv4) block the same host on a dual-stack
+        // listener, where it shows as ::ffff:a.b.c.d.
+        l.record_failure(ip("192.0.2.1"), t0);
+        l.record_failure(ip("192.0.2.1"), t0);
+        assert!(l.blocked(ip("::ffff:192.0.2.1"), t0).is_some());
     }
 
     #[test]

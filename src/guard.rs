@@ -43,10 +43,6 @@ impl Guard {
 }
 
 impl Guard {
-    /// The RTMP ingest's refusals, counted as this guard counts HTTP ones:
-    /// an unknown stream key is a failed authentication of its source, and
-    /// a source past the limit raises no more `publisher.rejected` webhooks
-    /// (each would be up to five deliveries, stored).
     /// RTMP connections from an address past the limit are closed at
     /// accept, as its HTTP requests get 429: no more guesses over RTMP.
     pub fn rtmp_admission(&self) -> rtmp::AdmissionHook {
@@ -56,6 +52,10 @@ impl Guard {
         }))
     }
 
+    /// The RTMP ingest's refusals, counted as this guard counts HTTP ones:
+    /// an unknown stream key is a failed authentication of its source, and
+    /// a source past the limit raises no more `publisher.rejected` webhooks
+    /// (each would be up to five deliveries, stored).
     pub fn rtmp_rejections(&self) -> rtmp::RejectionHook {
         let g = self.clone();
         rtmp::RejectionHook(Arc::new(move |r: rtmp::Rejection| {

@@ -170,6 +170,9 @@ pub struct Ladder {
     jobs: SyncSender<(Source, Duration)>,
     /// Rungs still encoded (the lowest are stopped first).
     active: Arc<AtomicUsize>,
+    /// Rungs never stopped for overload (1 for a VP8 source: its first
+    /// rung is the only picture of the source's size there is).
+    floor: usize,
     overload: Overload,
 }
 
@@ -193,8 +196,21 @@ impl Ladder {
         Ok(Ladder {
             jobs,
             active,
+            floor: 0,
             overload: Overload::default(),
         })
+    }
+
+    /// Never stop the first `floor` rungs, however overloaded.
+    pub fn keep_at_least(&mut self, floor: usize) {
+        self.floor = floor;
+    }
+
+    /// Whether input is being skipped up to the next source keyframe (the
+    /// worker fell behind): a source that makes keyframes only on request
+    /// should be asked for one.
+    pub fn skipping(&self) -> bool {
+        self.overload.skipping
     }
 
     /// Rungs still being made.
@@ -217,8 +233,9 @@ impl Ladder {
             Ok(()) => self.overload.queued(),
             Err(TrySendError::Full(_)) => {
                 FRAMES_DROPPED.fetch_add(1, Ordering::Relaxed);
-                if self.overload.full() {
-                    let left = self.active.load(Ordering::Relaxed).saturating_sub(1);
+                let running = self.active.load(Ordering::Relaxed);
+                if self.overload.full() && running > self.floor {
+                    let left = running - 1;
                     self.active.store(left, Ordering::Relaxed);
                     RUNGS_DROPPED.fetch_add(1, Ordering::Relaxed);
                     warn!(
@@ -238,6 +255,7 @@ impl Ladder {
         let ladder = Ladder {
             jobs,
             active: Arc::new(AtomicUsize::new(rungs)),
+            floor: 0,
             overload: Overload::default(),
         };
         (ladder, rx)
@@ -537,6 +555,19 @@ mod tests {
             let _ = queue.try_iter().count();
         }
         assert_eq!(ladder.active(), 0);
+
+        // With a floor, the first rungs are never stopped.
+        let (mut ladder, queue) = Ladder::stalled(2);
+        ladder.keep_at_least(1);
+        for _ in 0..EPISODES_PER_DROP * 3 {
+            ladder.push(picture(true), Duration::ZERO);
+            for _ in 0..QUEUE_FRAMES + 1 {
+                ladder.push(picture(false), Duration::ZERO);
+            }
+            assert!(ladder.skipping());
+            let _ = queue.try_iter().count();
+        }
+        assert_eq!(ladder.active(), 1);
     }
 
     #[test]

@@ -100,6 +100,11 @@ struct SourceRoute {
 /// the sample clock afresh (the encoder's clock jumped, or frames were lost).
 const SOURCE_RESYNC_MS: u64 = 100;
 
+/// Largest VP8 picture transcoded (4096×2304): larger key frames are
+/// dropped, so a publisher cannot make the server allocate gigabytes.
+#[cfg(feature = "vp8")]
+const MAX_VP8_PIXELS: u64 = 4096 * 2304;
+
 /// Least time between key frame requests for a VP8 source.
 #[cfg(feature = "vp8")]
 const VP8_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -118,7 +123,7 @@ struct LadderState {
     renditions: Vec<(TrackId, usize, u32)>,
     running: Option<Ladder>,
     /// Rung index of the running ladder → index into `renditions`.
-    map: Vec<usize>,
+    map: Vec<Option<usize>>,
     out: tokio::sync::mpsc::UnboundedSender<LadderOutput>,
     teed: Vec<(AccessUnit, Duration)>,
     /// Could not start: do not try again.
@@ -137,6 +142,12 @@ const SOURCE_RUNG: u32 = 0;
 struct Vp8Input {
     track: usize,
     payload_types: Vec<u8>,
+    /// The `video` rendition (the source's size), declared with the other
+    /// tracks so that it leads the segment boundaries as a video track does.
+    source: Option<(TrackId, usize)>,
+    /// A key frame over [`MAX_VP8_PIXELS`] came: frames are dropped until a
+    /// key frame of an acceptable size.
+    oversize: bool,
     reorder: crate::rtp::ReorderBuffer,
     depacketizer: crate::vp8::Vp8Depacketizer,
     released: Vec<crate::rtp::Reordered>,
@@ -172,7 +183,7 @@ impl LadderState {
     fn start(&mut self, rungs: Vec<crate::ladder::Rung>, heights: &[u32]) {
         self.map = heights
             .iter()
-            .filter_map(|h| self.renditions.iter().position(|(_, _, r)| r == h))
+            .map(|h| self.renditions.iter().position(|(_, _, r)| r == h))
             .collect();
         if rungs.is_empty() {
             self.failed = true;
@@ -281,6 +292,9 @@ impl LiveSession {
         let mut video_tracks = Vec::new();
         #[cfg(feature = "vp8")]
         let mut vp8: Option<Vp8Input> = None;
+        // VP8 is transcoded only as the publish's one video track.
+        #[cfg(feature = "vp8")]
+        let video_count = tracks.iter().filter(|t| t.video).count();
         for t in tracks {
             if routes.len() <= t.index {
                 routes.resize_with(t.index + 1, Vec::new);
@@ -299,7 +313,7 @@ impl LiveSession {
             payload_types.sort_unstable();
             payload_types.dedup();
             #[cfg(feature = "vp8")]
-            if t.video && payload_types.is_empty() && vp8.is_none() && nth_video == 0 {
+            if t.video && payload_types.is_empty() && video_count == 1 {
                 let vp8_types: Vec<u8> = t
                     .payload_types
                     .iter()
@@ -309,9 +323,16 @@ impl LiveSession {
                 // Single-layer VP8 only: a simulcast layer of its own size
                 // is the ladder's job, not several decodes.
                 if !vp8_types.is_empty() && t.layers.len() == 1 {
+                    let name = video_rendition_name(0, None, 0);
+                    let source = bridge
+                        .add_h264_frame_track(&name)
+                        .ok()
+                        .map(|track| (track, push_name(&mut renditions, name)));
                     vp8 = Some(Vp8Input {
                         track: t.index,
                         payload_types: vp8_types,
+                        source,
+                        oversize: false,
                         reorder: crate::rtp::ReorderBuffer::new(reorder),
                         depacketizer: crate::vp8::Vp8Depacketizer::new(),
                         released: Vec::new(),
@@ -469,10 +490,9 @@ impl LiveSession {
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LadderOutput>> {
         let even = distinct_even(heights);
         let mut renditions = Vec::new();
-        let name = video_rendition_name(0, None, 0);
-        // The source's own size: what every player is listed first.
-        if let Ok(t) = self.bridge.add_h264_frame_track(&name) {
-            renditions.push((t, push_name(&mut self.renditions, name), SOURCE_RUNG));
+        // The source's own size (declared with the session's tracks).
+        if let Some((t, r)) = self.vp8.as_ref().and_then(|v| v.source) {
+            renditions.push((t, r, SOURCE_RUNG));
         }
         self.add_rung_renditions(&even, &mut renditions);
         if renditions.is_empty() {
@@ -503,19 +523,37 @@ impl LiveSession {
                 frames.push(frame);
             }
         }
-        // A key frame is needed to start, and after a loss.
+        let Some(l) = &mut self.ladder else {
+            return Pushed::default();
+        };
+        // A key frame is needed to start, after a loss, and when the ladder
+        // fell behind and skips to the next one (a browser sends VP8 key
+        // frames only when asked).
         let mut progress = Progress::default();
-        if v.depacketizer.waiting_for_keyframe()
+        let skipping = l.running.as_ref().is_some_and(Ladder::skipping);
+        if (v.depacketizer.waiting_for_keyframe() || skipping || v.oversize)
             && v.last_keyframe_request
                 .is_none_or(|at| now.saturating_sub(at) >= VP8_KEYFRAME_REQUEST_INTERVAL)
         {
             v.last_keyframe_request = Some(now);
             progress.keyframe_wanted = true;
         }
-        let Some(l) = &mut self.ladder else {
-            return Pushed::default();
-        };
         for frame in frames {
+            // A picture too large to decode safely: nothing until a key
+            // frame of a size we take (libvpx allocates for what it is told).
+            if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
+                v.oversize = w as u64 * h as u64 > MAX_VP8_PIXELS;
+                if v.oversize {
+                    tracing::warn!(
+                        width = w,
+                        height = h,
+                        "hls: VP8 picture too large to transcode"
+                    );
+                }
+            }
+            if v.oversize {
+                continue;
+            }
             if l.running.is_none() && !l.failed {
                 let Some((w, h)) = frame.size.filter(|_| frame.keyframe) else {
                     continue;
@@ -526,6 +564,10 @@ impl LiveSession {
                     .chain(rungs.iter().skip(1).map(|r| r.height))
                     .collect();
                 l.start(rungs, &heights);
+                if let Some(ladder) = &mut l.running {
+                    // The source's size is the only rendition of it.
+                    ladder.keep_at_least(1);
+                }
             }
             if let Some(ladder) = &mut l.running {
                 ladder.push_source(crate::ladder::Source::Vp8(frame), now);
@@ -543,8 +585,12 @@ impl LiveSession {
         let Some(l) = &self.ladder else {
             return Pushed::default();
         };
-        let Some(&(track, rendition, _)) =
-            l.map.get(output.rung).and_then(|&i| l.renditions.get(i))
+        let Some(&(track, rendition, _)) = l
+            .map
+            .get(output.rung)
+            .copied()
+            .flatten()
+            .and_then(|i| l.renditions.get(i))
         else {
             return Pushed::default();
         };
@@ -902,7 +948,7 @@ mod tests {
             odd.push(&tap_packet(0, 0, 102, p), Duration::ZERO);
         }
         let l = odd.ladder.as_ref().unwrap();
-        let made: Vec<u32> = l.map.iter().map(|&i| l.renditions[i].2).collect();
+        let made: Vec<u32> = l.map.iter().flatten().map(|&i| l.renditions[i].2).collect();
         assert_eq!(made, [120, 90]);
         while odd_rx.try_recv().is_ok() {}
         // Simulcast publishes get none.
@@ -1064,6 +1110,26 @@ mod tests {
         let (src, low) = (segments(&s, "video"), segments(&s, "video-120p"));
         assert!(src.len() >= 2 && low.len() >= 2, "{src:?} / {low:?}");
         assert_eq!(&src[..2], &low[..2]);
+
+        // A key frame that says 16383×16383 is not decoded (nor is what
+        // follows it): no ladder, and a key frame is asked for instead.
+        let mut huge = frames[0].to_vec();
+        assert_eq!(&huge[3..6], &[0x9d, 0x01, 0x2a]);
+        huge[6..10].copy_from_slice(&[0xff, 0x3f, 0xff, 0x3f]);
+        let mut frames = frames.clone();
+        frames[0] = &huge;
+        let mut s = LiveSession::new(&vp8, BridgeConfig::default(), AudioOutput::Opus, 0);
+        let _rx = s.enable_ladder(&[120]).expect("a ladder");
+        let mut asked = false;
+        for p in &vp8_packets(&frames[..10]) {
+            let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
+            asked |= s
+                .push(&tap_packet(0, 0, 96, p), now)
+                .progress
+                .keyframe_wanted;
+        }
+        assert!(s.ladder.as_ref().unwrap().running.is_none());
+        assert!(asked);
     }
 
     #[test]

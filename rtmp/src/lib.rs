@@ -155,6 +155,7 @@ pub use ingest::{
 };
 pub use packetizer::{rtp_timestamp, H264Packetizer, RtpPayload};
 pub use server::{
-    serve, serve_with, AdmissionHook, Rejection, RejectionHook, ServerConfig, StreamKeys,
+    serve, serve_with, source_key, AdmissionHook, Rejection, RejectionHook, ServerConfig,
+    StreamKeys,
 };
 pub use session::{Event, PublishRejection, ServerSession, SessionConfig};

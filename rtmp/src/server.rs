@@ -206,7 +206,7 @@ pub async fn serve_with(listener: TcpListener, sfu: Sfu, keys: StreamKeys, confi
 /// mapped into IPv6), its /64 for IPv6, since one host or home network
 /// usually holds a whole /64 and could otherwise open connections from
 /// as many addresses as it likes.
-fn source_key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -450,8 +450,15 @@ impl Engine {
                 .partition(|(at, _)| *at <= now);
             self.start_deadlines = later;
             for (_, id) in due {
-                // The keyframe asked for did not come: the cached GOP now.
-                self.replay_gops(now, id, true);
+                // The keyframe asked for did not come: the cached GOP now
+                // (and the layer the viewer should end up on asked again).
+                let wanted = self.replay_gops(now, id, true);
+                let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) else {
+                    continue;
+                };
+                for (track, layer) in wanted {
+                    self.request_keyframe(now, &room, track, layer);
+                }
             }
         }
         if self.next_tick.is_none_or(|t| now >= t) {

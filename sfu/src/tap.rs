@@ -27,6 +27,7 @@ pub(crate) type TapSender = mpsc::Sender<TapEvent>;
 /// Slots of a tap's queue that packets never take: they are kept for the
 /// `Live` and `Ended` events, which a tap must not miss however far behind
 /// it is (a lost `Ended` would leave the HLS bridge serving a dead publish).
+/// Four covers two publisher reconnects while a tap's reader is stalled.
 pub(crate) const TAP_SIGNAL_RESERVE: usize = 4;
 
 /// What a tap receives.
