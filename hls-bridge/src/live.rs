@@ -923,15 +923,7 @@ mod tests {
 
     #[test]
     fn a_single_layer_source_gets_ladder_renditions_made_from_it() {
-        let single = vec![TapTrack {
-            index: 0,
-            video: true,
-            codec: TapCodec::H264,
-            clock_rate: 90_000,
-            channels: None,
-            layers: vec![None],
-            payload_types: vec![(102, TapCodec::H264)],
-        }];
+        let single = single_video(TapCodec::H264, 102);
         let mut s = LiveSession::new(&single, BridgeConfig::default(), AudioOutput::Opus, 0);
         // The fixture is 320x180: 120p and 90p rungs; 480p is never made.
         let mut rx = s.enable_ladder(&[480, 120, 90]).expect("a ladder");
@@ -957,9 +949,57 @@ mod tests {
         assert!(simulcast.enable_ladder(&[120]).is_none());
 
         let packets = packetize(&fixture_access_units(), 1200, 0);
-        for p in &packets {
+        run_ladder(&mut s, &mut rx, &packets, 102, &["video-120p", "video-90p"]);
+        let text = s.bridge.multivariant_playlist().unwrap();
+        assert!(text.contains("RESOLUTION=320x180"), "{text}");
+        assert!(text.contains("RESOLUTION=214x120"), "{text}");
+        assert!(text.contains("RESOLUTION=160x90"), "{text}");
+        assert!(!text.contains("480p"), "{text}");
+        // Segments of every rendition start together (same keyframes).
+        let (src, low) = (segment_starts(&s, "video"), segment_starts(&s, "video-90p"));
+        assert!(low.len() >= 2, "{low:?}");
+        assert_eq!(
+            &src[..low.len().min(src.len())][..2],
+            &low[..2],
+            "{src:?} vs {low:?}"
+        );
+    }
+
+    /// One single-layer video track of `codec` on payload type `pt`.
+    fn single_video(codec: TapCodec, pt: u8) -> Vec<TapTrack> {
+        vec![TapTrack {
+            index: 0,
+            video: true,
+            codec,
+            clock_rate: 90_000,
+            channels: None,
+            layers: vec![None],
+            payload_types: vec![(pt, codec)],
+        }]
+    }
+
+    /// Where the segments of rendition `name` start.
+    fn segment_starts(s: &LiveSession, name: &str) -> Vec<u64> {
+        let r = s.bridge.rendition(name).unwrap();
+        r.timeline()
+            .listed_segments()
+            .map(|seg| seg.start)
+            .collect()
+    }
+
+    /// Feeds `packets` (track 0, payload type `pt`, 90 kHz from 90,000) in
+    /// about real time and hands the ladder's pictures back to the session,
+    /// until every one of `renditions` lists two segments (10 s at most).
+    fn run_ladder(
+        s: &mut LiveSession,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<LadderOutput>,
+        packets: &[RtpPacket],
+        pt: u8,
+        renditions: &[&str],
+    ) {
+        for p in packets {
             let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
-            s.push(&tap_packet(0, 0, 102, p), now);
+            s.push(&tap_packet(0, 0, pt, p), now);
             std::thread::sleep(Duration::from_millis(2)); // real time-ish for the worker
             while let Ok(out) = rx.try_recv() {
                 s.push_ladder_output(out);
@@ -973,39 +1013,10 @@ mod tests {
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
-            let done = ["video-120p", "video-90p"].iter().all(|n| {
-                s.bridge
-                    .rendition(n)
-                    .unwrap()
-                    .timeline()
-                    .listed_segments()
-                    .count()
-                    >= 2
-            });
-            if done {
+            if renditions.iter().all(|n| segment_starts(s, n).len() >= 2) {
                 break;
             }
         }
-        let text = s.bridge.multivariant_playlist().unwrap();
-        assert!(text.contains("RESOLUTION=320x180"), "{text}");
-        assert!(text.contains("RESOLUTION=214x120"), "{text}");
-        assert!(text.contains("RESOLUTION=160x90"), "{text}");
-        assert!(!text.contains("480p"), "{text}");
-        // Segments of every rendition start together (same keyframes).
-        let starts = |n: &str| -> Vec<u64> {
-            let r = s.bridge.rendition(n).unwrap();
-            r.timeline()
-                .listed_segments()
-                .map(|seg| seg.start)
-                .collect()
-        };
-        let (src, low) = (starts("video"), starts("video-90p"));
-        assert!(low.len() >= 2, "{low:?}");
-        assert_eq!(
-            &src[..low.len().min(src.len())][..2],
-            &low[..2],
-            "{src:?} vs {low:?}"
-        );
     }
 
     /// The VP8 fixture's frames (IVF: 32-byte header, 12 bytes per frame).
@@ -1048,15 +1059,7 @@ mod tests {
     #[cfg(feature = "vp8")]
     #[test]
     fn a_vp8_source_is_transcoded_into_every_rendition() {
-        let vp8 = vec![TapTrack {
-            index: 0,
-            video: true,
-            codec: TapCodec::Vp8,
-            clock_rate: 90_000,
-            channels: None,
-            layers: vec![None],
-            payload_types: vec![(96, TapCodec::Vp8)],
-        }];
+        let vp8 = single_video(TapCodec::Vp8, 96);
         let mut s = LiveSession::new(&vp8, BridgeConfig::default(), AudioOutput::Opus, 0);
         assert!(s.skipped().is_empty());
         let mut rx = s.enable_ladder(&[480, 120]).expect("a ladder");
@@ -1065,49 +1068,18 @@ mod tests {
         assert_eq!(frames.len(), 90);
         // Before the first key frame is complete, a key frame is asked for.
         let packets = vp8_packets(&frames);
-        let first = s.push(&tap_packet(0, 0, 96, &packets[1]), Duration::ZERO);
+        let first = s.push(&tap_packet(0, 0, 96, &packets[0]), Duration::ZERO);
         assert!(first.progress.keyframe_wanted);
-        let mut s = LiveSession::new(&vp8, BridgeConfig::default(), AudioOutput::Opus, 0);
-        let mut rx2 = s.enable_ladder(&[480, 120]).expect("a ladder");
-        std::mem::swap(&mut rx, &mut rx2);
-        for p in &packets {
-            let now = Duration::from_millis(((p.timestamp - 90_000) / 90) as u64);
-            s.push(&tap_packet(0, 0, 96, p), now);
-            std::thread::sleep(Duration::from_millis(2));
-            while let Ok(out) = rx.try_recv() {
-                s.push_ladder_output(out);
-            }
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let segments = |s: &LiveSession, n: &str| {
-            s.bridge
-                .rendition(n)
-                .unwrap()
-                .timeline()
-                .listed_segments()
-                .map(|seg| seg.start)
-                .collect::<Vec<u64>>()
-        };
-        while std::time::Instant::now() < deadline {
-            match rx.try_recv() {
-                Ok(out) => {
-                    s.push_ladder_output(out);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-            if ["video", "video-120p"]
-                .iter()
-                .all(|n| segments(&s, n).len() >= 2)
-            {
-                break;
-            }
-        }
+        run_ladder(&mut s, &mut rx, &packets[1..], 96, &["video", "video-120p"]);
         let text = s.bridge.multivariant_playlist().unwrap();
         assert!(text.contains("RESOLUTION=320x180"), "{text}");
         assert!(text.contains("RESOLUTION=214x120"), "{text}");
         assert!(!text.contains("480p"), "{text}");
         assert!(text.contains("avc1."), "{text}");
-        let (src, low) = (segments(&s, "video"), segments(&s, "video-120p"));
+        let (src, low) = (
+            segment_starts(&s, "video"),
+            segment_starts(&s, "video-120p"),
+        );
         assert!(src.len() >= 2 && low.len() >= 2, "{src:?} / {low:?}");
         assert_eq!(&src[..2], &low[..2]);
 
