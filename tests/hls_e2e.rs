@@ -256,6 +256,47 @@ fn check_http(base: &str, multivariant_url: &str, media_url: &str) {
     assert_eq!(r.status(), 404);
 }
 
+/// One rendition as ffprobe read it.
+struct Probed {
+    /// As the multivariant playlist names it (below the session).
+    uri: String,
+    url: String,
+    /// The playlist's RESOLUTION; None for audio.
+    resolution: Option<(u64, u64)>,
+    /// Its one stream.
+    stream: Value,
+}
+
+/// Reads the room's multivariant playlist and ffprobes every rendition:
+/// one stream each, and video as H.264 at the RESOLUTION the playlist says.
+fn probe_renditions(multivariant_url: &str) -> Vec<Probed> {
+    let multivariant = reqwest::blocking::get(multivariant_url)
+        .unwrap()
+        .text()
+        .unwrap();
+    let base = multivariant_url.rsplit_once('/').unwrap().0;
+    let mut out = Vec::new();
+    for (uri, resolution) in renditions(&multivariant) {
+        let url = format!("{base}/{uri}");
+        let streams = ffprobe_streams(&url);
+        eprintln!("ffprobe {uri}: {}", Value::Array(streams.clone()));
+        assert_eq!(streams.len(), 1, "{uri}: {streams:?}");
+        let stream = streams.into_iter().next().unwrap();
+        if let Some((w, h)) = resolution {
+            assert_eq!(stream["codec_name"], "h264", "{uri}");
+            let size = (stream["width"].as_u64(), stream["height"].as_u64());
+            assert_eq!(size, (Some(w), Some(h)), "{uri}");
+        }
+        out.push(Probed {
+            uri,
+            url,
+            resolution,
+            stream,
+        });
+    }
+    out
+}
+
 /// Runs `hls.mjs` (a Chromium publisher and hls.js) against `server` on a
 /// thread, and returns once it has written `ready_file` (the room's HLS is
 /// up) or ended. Join the handle for its report.
@@ -337,47 +378,22 @@ fn chromium_simulcast_publish_plays_in_hls_js_and_every_rendition_probes() {
     let multivariant_url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
     let mut probed = Vec::new();
     if Path::new(&ready_file).exists() {
-        let multivariant = reqwest::blocking::get(&multivariant_url)
-            .unwrap()
-            .text()
-            .unwrap();
-        let list = renditions(&multivariant);
-        let base = multivariant_url.rsplit_once('/').unwrap().0.to_owned();
-        for (uri, resolution) in &list {
-            let url = format!("{base}/{uri}");
-            let streams = ffprobe_streams(&url);
-            eprintln!("ffprobe {uri}: {}", Value::Array(streams.clone()));
-            assert_eq!(streams.len(), 1, "{uri}: {streams:?}");
-            let s = &streams[0];
-            match resolution {
-                Some((w, h)) => {
-                    assert_eq!(s["codec_name"], "h264", "{uri}");
-                    assert_eq!(
-                        (s["width"].as_u64(), s["height"].as_u64()),
-                        (Some(*w), Some(*h)),
-                        "{uri}"
-                    );
-                }
-                None => {
-                    assert_eq!(s["codec_type"], "audio", "{uri}");
-                    assert_eq!(s["codec_name"], "aac", "{uri}");
-                    assert_eq!(s["channels"], 2, "{uri}");
-                    assert_eq!(s["sample_rate"], "48000", "{uri}");
-                    // Real sound, not silence: the publisher's 440 Hz tone
-                    // at 0.3 amplitude is about -13 dB RMS.
-                    let mean = mean_volume_db(&url);
-                    eprintln!("{uri}: mean volume {mean} dB");
-                    assert!(mean > -30.0, "{uri}: mean volume {mean} dB");
-                }
-            }
-            probed.push(uri.clone());
+        let list = probe_renditions(&multivariant_url);
+        for r in list.iter().filter(|r| r.resolution.is_none()) {
+            let (uri, s) = (&r.uri, &r.stream);
+            assert_eq!(s["codec_type"], "audio", "{uri}");
+            assert_eq!(s["codec_name"], "aac", "{uri}");
+            assert_eq!(s["channels"], 2, "{uri}");
+            assert_eq!(s["sample_rate"], "48000", "{uri}");
+            // Real sound, not silence: the publisher's 440 Hz tone at 0.3
+            // amplitude is about -13 dB RMS.
+            let mean = mean_volume_db(&r.url);
+            eprintln!("{uri}: mean volume {mean} dB");
+            assert!(mean > -30.0, "{uri}: mean volume {mean} dB");
         }
-        let video = list.iter().find(|(_, r)| r.is_some()).unwrap();
-        check_http(
-            &server.base,
-            &multivariant_url,
-            &format!("{base}/{}", video.0),
-        );
+        probed = list.iter().map(|r| r.uri.clone()).collect();
+        let video = list.iter().find(|r| r.resolution.is_some()).unwrap();
+        check_http(&server.base, &multivariant_url, &video.url);
     }
 
     let report = browser.join().expect("hls.mjs failed");
@@ -471,23 +487,10 @@ fn chromium_vp8_publish_is_transcoded_for_hls_js() {
     let multivariant_url = server.url(&format!("/hls/{ROOM}/index.m3u8"));
     let mut sizes = Vec::new();
     if Path::new(&ready_file).exists() {
-        let multivariant = reqwest::blocking::get(&multivariant_url)
-            .unwrap()
-            .text()
-            .unwrap();
-        let base = multivariant_url.rsplit_once('/').unwrap().0.to_owned();
-        for (uri, resolution) in renditions(&multivariant) {
-            let streams = ffprobe_streams(&format!("{base}/{uri}"));
-            eprintln!("ffprobe {uri}: {}", Value::Array(streams.clone()));
-            assert_eq!(streams.len(), 1, "{uri}: {streams:?}");
-            let s = &streams[0];
-            if let Some((w, h)) = resolution {
-                assert_eq!(s["codec_name"], "h264", "{uri}");
-                let probed = (s["width"].as_u64(), s["height"].as_u64());
-                assert_eq!(probed, (Some(w), Some(h)), "{uri}");
-                sizes.push((w, h));
-            } else {
-                assert_eq!(s["codec_name"], "aac", "{uri}");
+        for r in probe_renditions(&multivariant_url) {
+            match r.resolution {
+                Some(size) => sizes.push(size),
+                None => assert_eq!(r.stream["codec_name"], "aac", "{}", r.uri),
             }
         }
     }
