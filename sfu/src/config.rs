@@ -22,6 +22,8 @@ pub struct SfuConfig {
     pub connect_timeout: Duration,
     /// Bytes of the current GOP kept per video layer for instant start (0: off).
     pub gop_cache_bytes: usize,
+    /// Media threads (shards of the peers); 0: one per core.
+    pub media_threads: usize,
 }
 
 impl Default for SfuConfig {
@@ -34,6 +36,7 @@ impl Default for SfuConfig {
             keyframe_request_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(20),
             gop_cache_bytes: 4 * 1024 * 1024,
+            media_threads: 0,
         }
     }
 }

@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,15 +31,17 @@ use str0m::media::{
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, VideoCodec};
+use crate::driver::Command;
 use crate::forwarder::{self, Forwarder, SourceId};
 use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, KeyframeProbe, StartDelay};
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{congestion_cap, LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
+use crate::relay::{self, RelayEvent, RelayTrack, MIRROR_IDLE, MIRROR_WAIT};
 use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack, TAP_SIGNAL_RESERVE};
 use crate::{
     stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
@@ -77,8 +80,48 @@ pub struct Engine {
     last_tick: Option<Instant>,
     /// In-process subscribers (the HLS bridge) by room name.
     taps: HashMap<String, Vec<TapSender>>,
-    /// In-process publishers (the RTMP shim), by their id (a PeerId).
+    /// In-process publishers (the RTMP shim, relays), by their id (a PeerId).
     internal: HashMap<PeerId, Internal>,
+    /// This engine's shard (media thread) index; it starts every session id
+    /// and ICE ufrag it makes (`relay::shard_tag`).
+    shard: usize,
+    /// Every shard's command channel, by index (see `relay.rs`).
+    links: Vec<mpsc::WeakUnboundedSender<Command>>,
+    /// Sessions per shard (relays not counted): `max_sessions` is for the
+    /// whole SFU, and new viewers go to the least loaded shard.
+    load: Arc<[AtomicUsize]>,
+    /// Home side: the shards that mirror a room of ours.
+    relays: HashMap<String, RelayOut>,
+    /// Mirror side: rooms whose publisher is on another shard.
+    mirrors: HashMap<String, Mirror>,
+}
+
+/// The mirrors of one home room.
+struct RelayOut {
+    room: Arc<str>,
+    to: Vec<(usize, mpsc::UnboundedSender<Command>)>,
+}
+
+impl RelayOut {
+    fn send(&self, event: impl Fn() -> RelayEvent) {
+        for (_, tx) in &self.to {
+            let _ = tx.send(Command::Relay {
+                room: self.room.clone(),
+                event: event(),
+            });
+        }
+    }
+}
+
+/// A room mirrored from its home shard.
+struct Mirror {
+    home: usize,
+    /// Its relay publisher while the home's room is live.
+    publisher: Option<PeerId>,
+    /// Viewers' joins waiting for the mirror to go live.
+    waiting: Vec<(Instant, oneshot::Sender<Result<(), SfuError>>)>,
+    /// Since when it has had no viewer.
+    idle_since: Option<Instant>,
 }
 
 /// A publisher with no str0m peer (see `ingest.rs`).
@@ -87,10 +130,18 @@ struct Internal {
     session: String,
     ingest: String,
     created: Instant,
-    /// Room track index of each of its tracks.
-    tracks: Vec<usize>,
+    /// Room track index of each of its tracks (a relay's: of each home track).
+    tracks: Vec<Option<usize>>,
     last_media: Option<Instant>,
-    signals: mpsc::UnboundedSender<IngestSignal>,
+    upstream: Upstream,
+}
+
+/// Where an internal publisher's keyframe requests go.
+enum Upstream {
+    /// The publisher's own signal channel (the RTMP shim).
+    Ingest(mpsc::UnboundedSender<IngestSignal>),
+    /// A relay: the room's home shard.
+    Relay { home: usize },
 }
 
 struct Peer {
@@ -157,6 +208,8 @@ struct Room {
     subscribers: Vec<PeerId>,
     /// When the last publisher left; viewers wait `publisher_grace` for another.
     orphaned_since: Option<Instant>,
+    /// Fed by a relay from the room's home shard (see `relay.rs`).
+    mirror: bool,
 }
 
 /// One media track of a room. It outlives its publisher so that a
@@ -354,7 +407,51 @@ impl Engine {
             last_tick: None,
             taps: HashMap::new(),
             internal: HashMap::new(),
+            shard: 0,
+            links: Vec::new(),
+            load: Arc::new([AtomicUsize::new(0)]),
+            relays: HashMap::new(),
+            mirrors: HashMap::new(),
         }
+    }
+
+    /// Makes this engine shard `shard` of `links.len()`, sharing `load`.
+    pub(crate) fn set_shard(
+        &mut self,
+        shard: usize,
+        links: Vec<mpsc::WeakUnboundedSender<Command>>,
+        load: Arc<[AtomicUsize]>,
+    ) {
+        self.shard = shard;
+        self.links = links;
+        self.load = load;
+    }
+
+    /// Publishes this shard's session count (for capacity and placement).
+    pub(crate) fn update_load(&self) {
+        let relays = self
+            .internal
+            .values()
+            .filter(|p| matches!(p.upstream, Upstream::Relay { .. }))
+            .count();
+        if let Some(slot) = self.load.get(self.shard) {
+            slot.store(
+                self.peers.len() + self.internal.len() - relays,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A session id or ICE ufrag of this shard.
+    fn token(&self, len: usize) -> String {
+        let mut t = String::with_capacity(len);
+        t.push(relay::shard_tag(self.shard));
+        t.push_str(&random_token(len - 1));
+        t
+    }
+
+    fn link(&self, shard: usize) -> Option<mpsc::UnboundedSender<Command>> {
+        self.links.get(shard)?.upgrade()
     }
 
     // ---------------------------------------------------------------- inputs
@@ -464,6 +561,7 @@ impl Engine {
         if self.next_tick.is_none_or(|t| now >= t) {
             self.tick(now);
             self.next_tick = Some(now + LAYER_TICK);
+            self.expire_mirrors(now);
         }
         self.expire(now);
     }
@@ -677,7 +775,7 @@ impl Engine {
             // Same credentials as before: plain trickle. New ones: ICE restart.
             if peer.remote_ufrag.as_deref() != Some(ufrag.as_str()) {
                 let local = IceCreds {
-                    ufrag: random_token(16),
+                    ufrag: relay::shard_tag(self.shard).to_string() + &random_token(15),
                     pass: random_token(24),
                 };
                 peer.remote_ufrag = Some(ufrag.clone());
@@ -714,7 +812,9 @@ impl Engine {
     // -------------------------------------------------------------- internals
 
     fn check_capacity(&self) -> Result<(), SfuError> {
-        if self.peers.len() >= self.config.max_sessions {
+        self.update_load();
+        let sessions: usize = self.load.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+        if sessions >= self.config.max_sessions {
             return Err(SfuError::AtCapacity(self.config.max_sessions));
         }
         Ok(())
@@ -750,7 +850,7 @@ impl Engine {
     fn create_peer(&mut self, now: Instant, room: &str, role: Role, config: RtcConfig) -> PeerId {
         let id = self.next_peer;
         self.next_peer += 1;
-        let ufrag = random_token(16);
+        let ufrag = self.token(16);
         let creds = IceCreds {
             ufrag: ufrag.clone(),
             pass: random_token(24),
@@ -759,7 +859,7 @@ impl Engine {
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
         }
-        let session = random_token(32);
+        let session = self.token(32);
         self.by_ufrag.insert(ufrag.clone(), id);
         self.by_session.insert(session.clone(), id);
         self.peers.insert(
@@ -1126,14 +1226,17 @@ impl Engine {
                 ..Default::default()
             },
         };
-        let taps = self.taps.get_mut(&publisher.room);
+        let outlets = Outlets {
+            taps: self.taps.get_mut(&publisher.room),
+            relays: self.relays.get(&publisher.room),
+        };
         let wants_keyframe = fan_out(
             now,
             room,
             track_index,
             layer,
             &media,
-            taps,
+            outlets,
             &mut self.peers,
             &mut self.transmits,
             &mut self.events,
@@ -1160,7 +1263,7 @@ impl Engine {
         let secs = elapsed.as_secs_f64().max(0.05);
         let mut keyframes: Vec<(String, usize, u8)> = Vec::new();
         for (name, room) in self.rooms.iter_mut() {
-            for t in room.tracks.iter_mut() {
+            for (track_index, t) in room.tracks.iter_mut().enumerate() {
                 for st in t.stats.iter_mut() {
                     let rate = (st.bytes as f64 * 8.0 / secs) as u64;
                     st.bitrate = if st.bitrate == 0 {
@@ -1175,6 +1278,14 @@ impl Engine {
                     p.expire(now, KEYFRAME_PROBE_WINDOW);
                     if before != *p {
                         info!(room = %name, layer, "keyframe probe ignored: new viewers start from the cached GOP");
+                        if let Some(relays) = self.relays.get(name) {
+                            let probe = *p;
+                            relays.send(|| RelayEvent::Probe {
+                                track: track_index,
+                                layer: layer as u8,
+                                probe,
+                            });
+                        }
                     }
                 }
             }
@@ -1671,7 +1782,21 @@ impl Engine {
         }
         *last = Some(now);
         if let Some(internal) = self.internal.get(&pid) {
-            let _ = internal.signals.send(IngestSignal::KeyframeWanted);
+            match internal.upstream {
+                Upstream::Ingest(ref signals) => {
+                    let _ = signals.send(IngestSignal::KeyframeWanted);
+                }
+                Upstream::Relay { home } => {
+                    let home_track = internal.tracks.iter().position(|t| *t == Some(track));
+                    if let (Some(track), Some(link)) = (home_track, self.link(home)) {
+                        let _ = link.send(Command::TapKeyframe {
+                            room: room.to_string(),
+                            track,
+                            layer,
+                        });
+                    }
+                }
+            }
             return;
         }
         let Some(publisher) = self.peers.get_mut(&pid) else {
@@ -1797,6 +1922,9 @@ impl Engine {
         let secs = |p: &Peer| now.saturating_duration_since(p.created).as_secs_f64();
         let publisher = room.publisher.and_then(|id| {
             if let Some(p) = self.internal.get(&id) {
+                if matches!(p.upstream, Upstream::Relay { .. }) {
+                    return None; // the home shard reports the publisher
+                }
                 return Some(PublisherStatus {
                     session: p.session.clone(),
                     ingest: p.ingest.clone(),
@@ -1947,6 +2075,7 @@ impl Engine {
             tracks: Vec::new(),
             subscribers: Vec::new(),
             orphaned_since: None,
+            mirror: false,
         });
         r.publisher = Some(id);
         r.generation = id;
@@ -1989,15 +2118,13 @@ impl Engine {
         }
         let id = self.next_peer;
         self.next_peer += 1;
-        let session = random_token(32);
+        let session = self.token(32);
         self.seat_publisher(room, id);
         let mut indices = Vec::with_capacity(tracks.len());
         for (i, codec) in tracks.iter().enumerate() {
             let (kind, params) = ingest_params(*codec);
             let mid = Mid::from(i.to_string().as_str());
-            if let Some(index) = self.bind_track(room, mid, kind, vec![params], vec![None]) {
-                indices.push(index);
-            }
+            indices.push(self.bind_track(room, mid, kind, vec![params], vec![None]));
         }
         let (signals, rx) = mpsc::unbounded_channel();
         self.by_session.insert(session.clone(), id);
@@ -2010,7 +2137,7 @@ impl Engine {
                 created: now,
                 tracks: indices,
                 last_media: None,
-                signals,
+                upstream: Upstream::Ingest(signals),
             },
         );
         info!(room, %session, ingest, "publisher joined");
@@ -2020,24 +2147,16 @@ impl Engine {
 
     /// One packet from an internal publisher.
     pub fn ingest(&mut self, now: Instant, id: PeerId, track: usize, packet: IngestPacket) {
-        let Some(publisher) = self.internal.get_mut(&id) else {
+        let Some(publisher) = self.internal.get(&id) else {
             return;
         };
-        publisher.last_media = Some(now);
-        let publisher = &*publisher;
-        let Some(&track_index) = publisher.tracks.get(track) else {
+        let Some(track_index) = publisher.tracks.get(track).copied().flatten() else {
             return;
         };
-        let Some(room) = self
+        let Some(pt) = self
             .rooms
-            .get_mut(&publisher.room)
-            .filter(|r| r.publisher == Some(id))
-        else {
-            return;
-        };
-        let Some(pt) = room
-            .tracks
-            .get(track_index)
+            .get(&publisher.room)
+            .and_then(|r| r.tracks.get(track_index))
             .and_then(|t| t.params.first())
             .map(|p| p.pt())
         else {
@@ -2052,14 +2171,42 @@ impl Engine {
             arrival: now,
             ext: ExtensionValues::default(),
         };
-        let taps = self.taps.get_mut(&publisher.room);
+        self.ingest_media(now, id, track_index, 0, &media);
+    }
+
+    /// One packet of an internal publisher (RTMP shim or relay) into its
+    /// room's track `track_index`.
+    fn ingest_media(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        track_index: usize,
+        layer: u8,
+        media: &MediaPacket,
+    ) {
+        let Some(publisher) = self.internal.get_mut(&id) else {
+            return;
+        };
+        publisher.last_media = Some(now);
+        let publisher = &*publisher;
+        let Some(room) = self
+            .rooms
+            .get_mut(&publisher.room)
+            .filter(|r| r.publisher == Some(id))
+        else {
+            return;
+        };
+        let outlets = Outlets {
+            taps: self.taps.get_mut(&publisher.room),
+            relays: self.relays.get(&publisher.room),
+        };
         let wants_keyframe = fan_out(
             now,
             room,
             track_index,
-            0,
-            &media,
-            taps,
+            layer,
+            media,
+            outlets,
             &mut self.peers,
             &mut self.transmits,
             &mut self.events,
@@ -2067,7 +2214,7 @@ impl Engine {
         );
         if wants_keyframe {
             let room_name = publisher.room.clone();
-            self.request_keyframe(now, &room_name, track_index, 0);
+            self.request_keyframe(now, &room_name, track_index, layer);
         }
     }
 
@@ -2075,7 +2222,9 @@ impl Engine {
     pub fn end_internal(&mut self, now: Instant, id: PeerId) {
         if let Some(p) = self.internal.remove(&id) {
             self.by_session.remove(&p.session);
-            let _ = p.signals.send(IngestSignal::Ended);
+            if let Upstream::Ingest(signals) = &p.upstream {
+                let _ = signals.send(IngestSignal::Ended);
+            }
             self.publisher_left(&p.room, id, now);
         }
     }
@@ -2093,8 +2242,11 @@ impl Engine {
         self.taps.entry(room.to_string()).or_default().push(tap);
     }
 
-    /// Tells a room's taps about its publisher.
+    /// Tells a room's taps and mirrors about its publisher.
     fn notify_taps(&mut self, room: &str) {
+        if let Some(relays) = self.relays.get(room) {
+            relays.send(|| self.relay_live(room));
+        }
         let Some(taps) = self.taps.get_mut(room) else {
             return;
         };
@@ -2110,6 +2262,274 @@ impl Engine {
         });
         if taps.is_empty() {
             self.taps.remove(room);
+        }
+    }
+
+    /// What a mirror of `room` needs to know of its publisher now.
+    fn relay_live(&self, room: &str) -> RelayEvent {
+        let Some(r) = self.rooms.get(room).filter(|r| r.publisher.is_some()) else {
+            return RelayEvent::Ended;
+        };
+        let tracks = r
+            .tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.mid.is_some())
+            .map(|(index, t)| RelayTrack {
+                index,
+                kind: t.kind,
+                params: t.params.clone(),
+                layers: t.layers.clone(),
+                probe: t.probe.clone(),
+            })
+            .collect();
+        RelayEvent::Live { tracks }
+    }
+
+    /// Home side: shard `shard` mirrors `room` from now on.
+    pub(crate) fn relay_open(&mut self, room: &str, shard: usize) {
+        let Some(link) = self.link(shard) else {
+            return;
+        };
+        let out = self
+            .relays
+            .entry(room.to_string())
+            .or_insert_with(|| RelayOut {
+                room: Arc::from(room),
+                to: Vec::new(),
+            });
+        out.to.retain(|(s, _)| *s != shard);
+        out.to.push((shard, link.clone()));
+        info!(room, shard, "relay opened");
+        let room_name = out.room.clone();
+        let send = |event| {
+            let _ = link.send(Command::Relay {
+                room: room_name.clone(),
+                event,
+            });
+        };
+        send(self.relay_live(room));
+        // The current GOPs too, so that the mirror's first viewers start
+        // at once as the home's would (the packets keep their arrival).
+        let Some(r) = self.rooms.get(room).filter(|r| r.publisher.is_some()) else {
+            return;
+        };
+        for (index, t) in r.tracks.iter().enumerate() {
+            for (layer, gop) in t.gop.iter().enumerate() {
+                for p in gop.packets().into_iter().flatten() {
+                    send(RelayEvent::Packet {
+                        track: index,
+                        layer: layer as u8,
+                        packet: MediaPacket {
+                            seq_no: p.seq_no,
+                            timestamp: p.timestamp,
+                            marker: p.marker,
+                            pt: p.pt.into(),
+                            payload: p.payload.clone(),
+                            arrival: p.arrival,
+                            ext: ExtensionValues::default(),
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Home side: shard `shard` no longer mirrors `room`.
+    pub(crate) fn relay_close(&mut self, room: &str, shard: usize) {
+        if let Some(out) = self.relays.get_mut(room) {
+            out.to.retain(|(s, _)| *s != shard);
+            if out.to.is_empty() {
+                self.relays.remove(room);
+            }
+            info!(room, shard, "relay closed");
+        }
+    }
+
+    /// Mirror side: a viewer is about to join `room`, whose home is shard
+    /// `home`. `reply` is answered once the mirror is live (at once if it
+    /// is), or with `NotLive` after `MIRROR_WAIT`.
+    pub(crate) fn ensure_mirror(
+        &mut self,
+        now: Instant,
+        room: &str,
+        home: usize,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    ) {
+        if let Some(m) = self.mirrors.get_mut(room) {
+            if m.publisher.is_some() && self.rooms.get(room).is_some_and(|r| r.publisher.is_some())
+            {
+                m.idle_since = None;
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            m.waiting.push((now, reply));
+            return;
+        }
+        let Some(link) = self.link(home) else {
+            let _ = reply.send(Err(SfuError::Stopped));
+            return;
+        };
+        let _ = link.send(Command::RelayOpen {
+            room: room.to_string(),
+            shard: self.shard,
+        });
+        self.mirrors.insert(
+            room.to_string(),
+            Mirror {
+                home,
+                publisher: None,
+                waiting: vec![(now, reply)],
+                idle_since: None,
+            },
+        );
+    }
+
+    /// Mirror side: what the home says about `room`.
+    pub(crate) fn relay_event(&mut self, now: Instant, room: &str, event: RelayEvent) {
+        let Some(mirror) = self.mirrors.get(room) else {
+            return; // closed meanwhile
+        };
+        let (home, current) = (mirror.home, mirror.publisher);
+        match event {
+            RelayEvent::Packet {
+                track,
+                layer,
+                packet,
+            } => {
+                let Some(id) = current else { return };
+                let Some(index) = self
+                    .internal
+                    .get(&id)
+                    .and_then(|p| p.tracks.get(track).copied().flatten())
+                else {
+                    return;
+                };
+                self.ingest_media(now, id, index, layer, &packet);
+            }
+            RelayEvent::Probe {
+                track,
+                layer,
+                probe,
+            } => {
+                let Some(index) = current
+                    .and_then(|id| self.internal.get(&id))
+                    .and_then(|p| p.tracks.get(track).copied().flatten())
+                else {
+                    return;
+                };
+                if let Some(p) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.tracks.get_mut(index))
+                    .and_then(|t| t.probe.get_mut(layer as usize))
+                {
+                    *p = probe;
+                }
+            }
+            RelayEvent::Ended => {
+                if let Some(id) = current {
+                    self.end_internal(now, id);
+                }
+                if let Some(m) = self.mirrors.get_mut(room) {
+                    m.publisher = None;
+                }
+            }
+            RelayEvent::Live { tracks } => {
+                // A new publisher at home (or the first one we hear of): a
+                // new relay publisher, continuing the tracks for our viewers
+                // as a reconnecting publisher does.
+                if let Some(id) = current {
+                    self.end_internal(now, id);
+                }
+                let id = self.next_peer;
+                self.next_peer += 1;
+                let session = self.token(32);
+                self.seat_publisher(room, id);
+                let width = tracks.iter().map(|t| t.index + 1).max().unwrap_or(0);
+                let mut indices = vec![None; width];
+                for t in tracks {
+                    let mid = Mid::from(t.index.to_string().as_str());
+                    let index = self.bind_track(room, mid, t.kind, t.params, t.layers);
+                    if let Some(track) = index
+                        .and_then(|i| self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(i)))
+                    {
+                        track.probe = t.probe;
+                    }
+                    indices[t.index] = index;
+                }
+                if let Some(r) = self.rooms.get_mut(room) {
+                    r.mirror = true;
+                }
+                self.by_session.insert(session.clone(), id);
+                self.internal.insert(
+                    id,
+                    Internal {
+                        room: room.to_string(),
+                        session,
+                        ingest: "relay".into(),
+                        created: now,
+                        tracks: indices,
+                        last_media: None,
+                        upstream: Upstream::Relay { home },
+                    },
+                );
+                debug!(room, home, "mirror live");
+                if let Some(m) = self.mirrors.get_mut(room) {
+                    m.publisher = Some(id);
+                    for (_, reply) in m.waiting.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mirror side: joins that waited too long are told the room is not
+    /// live; mirrors without viewers for `MIRROR_IDLE` are closed.
+    fn expire_mirrors(&mut self, now: Instant) {
+        let mut closed = Vec::new();
+        for (name, m) in self.mirrors.iter_mut() {
+            let (late, waiting): (Vec<_>, Vec<_>) = m
+                .waiting
+                .drain(..)
+                .partition(|(at, _)| now.saturating_duration_since(*at) > MIRROR_WAIT);
+            m.waiting = waiting;
+            for (_, reply) in late {
+                let _ = reply.send(Err(SfuError::NotLive(name.clone())));
+            }
+            let viewers = self
+                .rooms
+                .get(name)
+                .is_some_and(|r| !r.subscribers.is_empty());
+            if viewers || !m.waiting.is_empty() {
+                m.idle_since = None;
+                continue;
+            }
+            let since = *m.idle_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= MIRROR_IDLE {
+                closed.push((name.clone(), m.home, m.publisher));
+            }
+        }
+        for (name, home, publisher) in closed {
+            self.mirrors.remove(&name);
+            if let Some(id) = publisher {
+                self.end_internal(now, id);
+            }
+            if self
+                .rooms
+                .get(&name)
+                .is_some_and(|r| r.subscribers.is_empty())
+            {
+                self.rooms.remove(&name);
+            }
+            if let Some(link) = self.link(home) {
+                let _ = link.send(Command::RelayClose {
+                    room: name.clone(),
+                    shard: self.shard,
+                });
+            }
+            debug!(room = %name, "mirror closed");
         }
     }
 
@@ -2255,6 +2675,7 @@ fn sdp_ice_ufrag(sdp: &str) -> Option<String> {
 }
 
 /// One media packet entering a room, from any kind of publisher.
+#[derive(Clone)]
 pub(crate) struct MediaPacket {
     /// The publisher stream's extended sequence number.
     pub seq_no: u64,
@@ -2279,7 +2700,7 @@ fn fan_out(
     track_index: usize,
     layer: u8,
     packet: &MediaPacket,
-    taps: Option<&mut Vec<TapSender>>,
+    outlets: Outlets<'_>,
     peers: &mut HashMap<PeerId, Peer>,
     transmits: &mut VecDeque<Outgoing>,
     events: &mut VecDeque<(PeerId, Event)>,
@@ -2296,7 +2717,8 @@ fn fan_out(
         _ => None,
     };
     let mut probe = false;
-    if keyframe_start {
+    // A mirror learns its publisher's answer from the home (`RelayEvent::Probe`).
+    if keyframe_start && !room.mirror {
         if let Some(p) = track.probe.get_mut(layer as usize) {
             let before = *p;
             probe = p.on_keyframe(now, packet.timestamp, KEYFRAME_PROBE_WINDOW);
@@ -2305,6 +2727,14 @@ fn fan_out(
                 track.last_keyframe_request[layer as usize] = None;
             } else if before != *p {
                 info!(track = track_index, layer, probe = ?*p, "keyframe probe resolved");
+                if let Some(relays) = outlets.relays {
+                    let probe = *p;
+                    relays.send(|| RelayEvent::Probe {
+                        track: track_index,
+                        layer,
+                        probe,
+                    });
+                }
             }
         }
     }
@@ -2326,7 +2756,14 @@ fn fan_out(
             arrival: packet.arrival,
         });
     }
-    if let Some(taps) = taps {
+    if let Some(relays) = outlets.relays {
+        relays.send(|| RelayEvent::Packet {
+            track: track_index,
+            layer,
+            packet: packet.clone(),
+        });
+    }
+    if let Some(taps) = outlets.taps {
         // A tap that cannot keep up loses packets (it sees the gap), and
         // one whose receiver is gone is dropped: neither slows the room.
         // The last TAP_SIGNAL_RESERVE slots are kept for Live and Ended,
@@ -2418,6 +2855,12 @@ fn fan_out(
         }
     }
     wants_keyframe
+}
+
+/// Where a room's packets go besides its viewers.
+struct Outlets<'a> {
+    taps: Option<&'a mut Vec<TapSender>>,
+    relays: Option<&'a RelayOut>,
 }
 
 /// The playout-delay extension (in hundredths of a second, 12 bits) for a hint.

@@ -2,17 +2,19 @@
 //! forwarding of RTP between them over one UDP port.
 //!
 //! ```text
-//!   HTTP edges (whip, whep) ──commands──► Sfu handle ──► media thread
+//!   HTTP edges (whip, whep) ──commands──► Sfu handle ──► media threads (shards)
 //!                                                          │
-//!   UDP :8189 ◄──► driver (socket, timers) ◄──► Engine ─ rooms ─ tracks
-//!                                                 │
+//!   UDP :8189 ─► router ─► shard: driver (timers, sends) ◄──► Engine ─ rooms ─ tracks
+//!                                                               │
 //!                           publisher rtc ─RTP─► Forwarder per viewer ─► viewer rtc
+//!                           (home shard) ─relay─► mirror room on another shard
 //! ```
 //!
 //! Every peer is a str0m [`str0m::Rtc`] in RTP mode and ICE-lite: packets are
 //! forwarded with their header rewritten (sequence number, timestamp, payload
 //! type, SSRC), never depacketized. Datagrams reach their peer in O(1): by
-//! remote address, or for a new address by the ufrag in its STUN request.
+//! remote address, or for a new address by the ufrag in its STUN request
+//! (whose first character names the shard that owns the session).
 //!
 //! This crate never touches HTTP: the WHIP and WHEP crates call [`Sfu`].
 
@@ -26,6 +28,7 @@ mod gop;
 mod ingest;
 mod layers;
 mod picture;
+mod relay;
 #[cfg(target_os = "linux")]
 mod sendmmsg;
 mod source;
