@@ -60,6 +60,10 @@ pub struct Cli {
     #[arg(long, env = "DIONYSIA_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
 
+    /// Media threads sharing the WebRTC peers; 0 = one per core [default: 0]
+    #[arg(long, env = "DIONYSIA_MEDIA_THREADS")]
+    pub media_threads: Option<usize>,
+
     /// Seconds viewers stay connected waiting for a publisher that left [default: 30]
     #[arg(long, env = "DIONYSIA_PUBLISHER_GRACE")]
     pub publisher_grace: Option<u64>,
@@ -157,6 +161,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     pub max_sessions: Option<usize>,
+    pub media_threads: Option<usize>,
     pub publisher_grace: Option<u64>,
     pub rtmp_listen: Option<String>,
     pub rtmp_max_connections_per_ip: Option<usize>,
@@ -220,6 +225,12 @@ impl Config {
         };
         if let Some(n) = cli.max_sessions.or(file.max_sessions) {
             sfu.max_sessions = n;
+        }
+        if let Some(n) = cli.media_threads.or(file.media_threads) {
+            if n > 32 {
+                bail!("media_threads is 0 (one per core) to 32, got {n}");
+            }
+            sfu.media_threads = n;
         }
         if let Some(s) = cli.publisher_grace.or(file.publisher_grace) {
             sfu.publisher_grace = Duration::from_secs(s);
