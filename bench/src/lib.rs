@@ -70,6 +70,8 @@ pub struct Options {
     pub warmup: f64,
     /// Where the spawned server's log goes.
     pub server_log: Option<PathBuf>,
+    /// The spawned server's `--media-threads` (`None`: its default).
+    pub media_threads: Option<usize>,
     /// Print progress to stderr.
     pub verbose: bool,
 }
@@ -94,6 +96,7 @@ impl Default for Options {
             gop_frames: 60,
             warmup: 2.0,
             server_log: None,
+            media_threads: None,
             verbose: true,
         }
     }
@@ -138,7 +141,11 @@ fn spawn_server(opts: &Options, path: &PathBuf) -> Result<(SpawnedServer, String
         .unwrap_or_else(|| std::env::temp_dir().join(format!("dionysia-bench-{http_port}.log")));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let child = Command::new(path)
+    let mut command = Command::new(path);
+    if let Some(n) = opts.media_threads {
+        command.args(["--media-threads", &n.to_string()]);
+    }
+    let child = command
         .args([
             "--http-listen",
             &format!("127.0.0.1:{http_port}"),

@@ -59,6 +59,9 @@ struct Cli {
     /// Where a spawned server's log goes (default: a temp file).
     #[arg(long)]
     server_log: Option<PathBuf>,
+    /// A spawned server's `--media-threads` (default: its own, one per core).
+    #[arg(long)]
+    media_threads: Option<usize>,
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
@@ -82,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         twcc: cli.twcc,
         warmup: cli.warmup,
         server_log: cli.server_log,
+        media_threads: cli.media_threads,
         verbose: !cli.quiet,
         ..bench::Options::default()
     };

@@ -43,6 +43,9 @@ fn twenty_viewers_get_every_packet() {
         // Every viewer decrypts and checks every packet.
         full_every: 1,
         clip_seconds: 2,
+        // Two media threads whatever the machine: viewers spread over both,
+        // those on the room's other shard served through its mirror.
+        media_threads: Some(2),
         ..bench::Options::default()
     };
     let report = bench::run(&opts).expect("benchmark run");
@@ -69,4 +72,14 @@ fn twenty_viewers_get_every_packet() {
         "viewers must receive the publisher's payloads unchanged"
     );
     assert!(report.delivered_pps > 0.0);
+    for shard in ["sfu-0", "sfu-1"] {
+        assert!(
+            report
+                .server_threads_cpu
+                .get(shard)
+                .is_some_and(|c| *c > 0.0),
+            "media thread {shard} must carry viewers: {:?}",
+            report.server_threads_cpu
+        );
+    }
 }
