@@ -64,6 +64,10 @@ pub struct Cli {
     #[arg(long, env = "DIONYSIA_MEDIA_THREADS")]
     pub media_threads: Option<usize>,
 
+    /// Send runs of datagrams to one viewer as one UDP GSO message (Linux) [default: true]
+    #[arg(long, env = "DIONYSIA_UDP_GSO")]
+    pub udp_gso: Option<bool>,
+
     /// Seconds viewers stay connected waiting for a publisher that left [default: 30]
     #[arg(long, env = "DIONYSIA_PUBLISHER_GRACE")]
     pub publisher_grace: Option<u64>,
@@ -162,6 +166,7 @@ pub struct FileConfig {
     pub ice_servers: Vec<IceServer>,
     pub max_sessions: Option<usize>,
     pub media_threads: Option<usize>,
+    pub udp_gso: Option<bool>,
     pub publisher_grace: Option<u64>,
     pub rtmp_listen: Option<String>,
     pub rtmp_max_connections_per_ip: Option<usize>,
@@ -231,6 +236,9 @@ impl Config {
                 bail!("media_threads is 0 (one per core) to 32, got {n}");
             }
             sfu.media_threads = n;
+        }
+        if let Some(on) = cli.udp_gso.or(file.udp_gso) {
+            sfu.udp_gso = on;
         }
         if let Some(s) = cli.publisher_grace.or(file.publisher_grace) {
             sfu.publisher_grace = Duration::from_secs(s);

@@ -293,7 +293,8 @@ impl Shard {
     pub fn run(self, shared: Arc<Shared>, incoming: Receiver<NewViewer>) -> Vec<ViewerResult> {
         let mut viewers: Vec<Viewer> = Vec::new();
         let mut by_ip: HashMap<IpAddr, usize> = HashMap::new();
-        let mut storage = vec![[0u8; 2048]; BATCH_SIZE];
+        // GRO may hand over several datagrams in one buffer: room for them all.
+        let mut storage = vec![vec![0u8; 2048 * self.state.gro_segments().max(1)]; BATCH_SIZE];
         let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
         let mut next_tick = Instant::now();
         let mut open = true;

@@ -24,6 +24,9 @@ pub struct SfuConfig {
     pub gop_cache_bytes: usize,
     /// Media threads (shards of the peers); 0: one per core.
     pub media_threads: usize,
+    /// Send a viewer's runs of equal-size datagrams as one UDP GSO message
+    /// where the kernel supports it.
+    pub udp_gso: bool,
 }
 
 impl Default for SfuConfig {
@@ -37,6 +40,7 @@ impl Default for SfuConfig {
             connect_timeout: Duration::from_secs(20),
             gop_cache_bytes: 4 * 1024 * 1024,
             media_threads: 0,
+            udp_gso: true,
         }
     }
 }

@@ -10,12 +10,16 @@
 //!                           of a session (its id's tag), or the least loaded one (viewers)
 //! ```
 //!
-//! A shard serves three things in turn: datagrams from the router, commands
-//! (from the HTTP side and from other shards' relays, see `relay.rs`), and
-//! its engine's timer. Nothing else touches an engine, so it needs no locks.
-//! The router never waits for a shard: a busy shard's datagrams queue in
-//! its channel (and past `DATAGRAM_QUEUE` batches are dropped, as a full
-//! socket buffer would), while the socket keeps being read.
+//! A shard serves, in this order of priority: connection datagrams (STUN,
+//! DTLS) from the router, commands (from the HTTP side and other shards),
+//! packets relayed from other shards (see `relay.rs`), media datagrams
+//! (RTP, RTCP) from the router, and its engine's timer. Nothing else touches an engine, so it
+//! needs no locks. The router never waits for a shard: a busy shard's
+//! datagrams queue in its channels (and past `DATAGRAM_QUEUE` batches are
+//! dropped, as a full socket buffer would), while the socket keeps being
+//! read. Connection datagrams have their own channel, so an overloaded
+//! shard still answers ICE consent checks and completes new viewers'
+//! handshakes: overload costs media, not sessions.
 
 use std::hash::{Hash, Hasher};
 use std::io::{self, IoSliceMut};
@@ -31,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::engine::{Engine, Outgoing, SubscribeOptions};
-use crate::relay::{self, RelayEvent};
+use crate::relay;
 use crate::RoomStatus;
 use crate::{
     IceFragment, LayerRequest, PatchOutcome, SessionAnswer, SessionInfo, SfuConfig, SfuError,
@@ -50,12 +54,33 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Receive buffer per datagram; WebRTC datagrams stay under ~1,500 bytes.
 const DATAGRAM_BUF: usize = 2048;
 /// Batches of datagrams a shard may fall behind the router by.
-const DATAGRAM_QUEUE: usize = 1024;
+const DATAGRAM_QUEUE: usize = 128;
 /// Most media threads (shard tags are one character).
 const MAX_SHARDS: usize = relay::TAGS.len();
 /// The router forgets a peer address silent for this long (ICE consent
 /// checks come every few seconds from a live peer).
 const ROUTE_IDLE: Duration = Duration::from_secs(60);
+
+/// A shard's inputs from the router: connection datagrams (STUN, DTLS)
+/// and media datagrams (RTP, RTCP), each batched.
+struct ShardInput {
+    control: mpsc::Sender<Vec<Datagram>>,
+    media: mpsc::Sender<Vec<Datagram>>,
+}
+
+/// Whether a datagram is RTP or SRTCP (RFC 7983: first byte 128–191), as
+/// opposed to STUN, DTLS or anything else.
+fn is_media(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(128..=191))
+}
+
+/// What a shard is fed, in its order of priority (see the module's doc).
+struct ShardInbox {
+    control: mpsc::Receiver<Vec<Datagram>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    relay: relay::RelayInbox,
+    media: mpsc::Receiver<Vec<Datagram>>,
+}
 
 /// One datagram for a shard.
 struct Datagram {
@@ -157,11 +182,6 @@ pub(crate) enum Command {
         room: String,
         shard: usize,
     },
-    /// From a room's home to a mirroring shard.
-    Relay {
-        room: Arc<str>,
-        event: RelayEvent,
-    },
 }
 
 /// A handle to the running SFU; cheap to clone, usable from any task.
@@ -192,24 +212,37 @@ impl Sfu {
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
         let count = shard_count(config.media_threads);
+        let gso_segments = if config.udp_gso {
+            state.max_gso_segments()
+        } else {
+            1
+        };
+        // With GRO the kernel may hand over several datagrams in one buffer.
+        let gro_segments = state.gro_segments();
         let load: Arc<[AtomicUsize]> = (0..count).map(|_| AtomicUsize::new(0)).collect();
         let mut commands = Vec::with_capacity(count);
-        let mut command_rxs = Vec::with_capacity(count);
         let mut datagrams = Vec::with_capacity(count);
-        let mut datagram_rxs = Vec::with_capacity(count);
+        let mut relay_links = Vec::with_capacity(count);
+        let mut inboxes = Vec::with_capacity(count);
         for _ in 0..count {
-            let (tx, rx) = mpsc::unbounded_channel();
-            commands.push(tx);
-            command_rxs.push(rx);
-            let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
-            datagrams.push(tx);
-            datagram_rxs.push(rx);
+            let (command_tx, commands_rx) = mpsc::unbounded_channel();
+            commands.push(command_tx);
+            let (control, control_rx) = mpsc::channel(DATAGRAM_QUEUE);
+            let (media, media_rx) = mpsc::channel(DATAGRAM_QUEUE);
+            datagrams.push(ShardInput { control, media });
+            let (relay_link, relay_rx) = relay::relay_channel();
+            relay_links.push(relay_link);
+            inboxes.push(ShardInbox {
+                control: control_rx,
+                commands: commands_rx,
+                relay: relay_rx,
+                media: media_rx,
+            });
         }
         let links: Vec<_> = commands.iter().map(|c| c.downgrade()).collect();
-        for (shard, (commands, datagrams)) in command_rxs.into_iter().zip(datagram_rxs).enumerate()
-        {
+        for (shard, inbox) in inboxes.into_iter().enumerate() {
             let mut engine = Engine::new(config.clone(), advertised.clone());
-            engine.set_shard(shard, links.clone(), load.clone());
+            engine.set_shard(shard, links.clone(), relay_links.clone(), load.clone());
             let socket = socket.try_clone()?;
             std::thread::Builder::new()
                 .name(format!("sfu-{shard}"))
@@ -221,7 +254,7 @@ impl Sfu {
                         Ok(r) => r,
                         Err(e) => return warn!("cannot start the media runtime: {e}"),
                     };
-                    if let Err(e) = runtime.block_on(run(socket, engine, commands, datagrams)) {
+                    if let Err(e) = runtime.block_on(run(socket, engine, inbox, gso_segments)) {
                         warn!(shard, "media loop ended: {e}");
                     }
                 })?;
@@ -236,11 +269,11 @@ impl Sfu {
                     Ok(r) => r,
                     Err(e) => return warn!("cannot start the router runtime: {e}"),
                 };
-                if let Err(e) = runtime.block_on(route(socket, state, datagrams)) {
+                if let Err(e) = runtime.block_on(route(socket, state, gro_segments, datagrams)) {
                     warn!("router ended: {e}");
                 }
             })?;
-        info!(%local_addr, media_threads = count, "media socket ready");
+        info!(%local_addr, media_threads = count, gso_segments, gro_segments, "media socket ready");
         Ok(Sfu {
             shards: commands.into(),
             load,
@@ -661,19 +694,23 @@ impl Routes {
 async fn route(
     socket: UdpSocket,
     state: UdpSocketState,
-    shards: Vec<mpsc::Sender<Vec<Datagram>>>,
+    gro_segments: usize,
+    shards: Vec<ShardInput>,
 ) -> io::Result<()> {
     let local = socket.local_addr()?;
     let socket = register(socket, Interest::READABLE)?;
-    let mut storage = vec![[0u8; DATAGRAM_BUF]; BATCH_SIZE];
+    // Room for a GRO buffer of `gro_segments` datagrams: a smaller buffer
+    // would truncate it, losing all but the first datagrams.
+    let mut storage = vec![vec![0u8; DATAGRAM_BUF * gro_segments.max(1)]; BATCH_SIZE];
     let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
     let mut routes = Routes::new(shards.len());
-    let mut batches: Vec<Vec<Datagram>> = shards.iter().map(|_| Vec::new()).collect();
+    // Per shard: connection datagrams, media datagrams.
+    let mut batches: Vec<[Vec<Datagram>; 2]> = shards.iter().map(|_| Default::default()).collect();
     let mut dropped: u64 = 0;
     loop {
         let mut guard = tokio::select! {
             ready = socket.readable() => ready?,
-            _ = shards[0].closed() => return Ok(()), // the SFU was dropped
+            _ = shards[0].media.closed() => return Ok(()), // the SFU was dropped
         };
         loop {
             let mut bufs: Vec<IoSliceMut<'_>> = storage
@@ -695,7 +732,7 @@ async fn route(
                 // With GRO one buffer may hold several datagrams of `stride` bytes.
                 for datagram in buf[..m.len].chunks(m.stride.max(1)) {
                     if let Some(shard) = routes.shard(now, m.addr, datagram) {
-                        batches[shard].push(Datagram {
+                        batches[shard][usize::from(is_media(datagram))].push(Datagram {
                             source: m.addr,
                             local: to,
                             data: datagram.to_vec(),
@@ -703,15 +740,17 @@ async fn route(
                     }
                 }
             }
-            for (tx, batch) in shards.iter().zip(batches.iter_mut()) {
-                if batch.is_empty() {
-                    continue;
-                }
-                let lost = batch.len() as u64;
-                if tx.try_send(std::mem::take(batch)).is_err() {
-                    dropped += lost;
-                    if dropped.is_power_of_two() {
-                        warn!(dropped, "a media thread is behind: datagrams dropped");
+            for (input, [control, media]) in shards.iter().zip(batches.iter_mut()) {
+                for (tx, batch) in [(&input.control, control), (&input.media, media)] {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let lost = batch.len() as u64;
+                    if tx.try_send(std::mem::take(batch)).is_err() {
+                        dropped += lost;
+                        if dropped.is_power_of_two() {
+                            warn!(dropped, "a media thread is behind: datagrams dropped");
+                        }
                     }
                 }
             }
@@ -725,14 +764,14 @@ async fn route(
 async fn run(
     socket: UdpSocket,
     mut engine: Engine,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    mut datagrams: mpsc::Receiver<Vec<Datagram>>,
+    mut inbox: ShardInbox,
+    gso_segments: usize,
 ) -> io::Result<()> {
     let v6 = socket.local_addr()?.is_ipv6();
     // Writable readiness only: the router reads, and a shard must not be
     // woken by every datagram that arrives.
     let socket = register(socket, Interest::WRITABLE)?;
-    let mut out = Sender::new(v6);
+    let mut out = Sender::new(v6, gso_segments);
     loop {
         out.flush(&socket, &mut engine).await;
         engine.update_load();
@@ -747,17 +786,23 @@ async fn run(
             deadline
         };
         tokio::select! {
-            batch = datagrams.recv() => {
+            biased; // the order of priority (see the module's doc)
+            batch = inbox.control.recv() => {
                 let Some(batch) = batch else { return Ok(()) };
-                let now = Instant::now();
-                for d in batch {
-                    engine.handle_datagram(now, d.source, d.local, &d.data);
-                }
+                handle_batch(&mut engine, batch);
             }
-            command = commands.recv() => match command {
+            command = inbox.commands.recv() => match command {
                 Some(c) => handle_command(&mut engine, c),
                 None => return Ok(()), // every handle dropped: shut down
             },
+            // Never None: every engine holds every shard's relay link.
+            Some((room, event)) = inbox.relay.recv() => {
+                engine.relay_event(Instant::now(), &room, event);
+            }
+            batch = inbox.media.recv() => {
+                let Some(batch) = batch else { return Ok(()) };
+                handle_batch(&mut engine, batch);
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         let now = Instant::now();
@@ -766,6 +811,13 @@ async fn run(
             // it is not (see NEAR_DEADLINE).
             engine.handle_timeout(now.max(deadline));
         }
+    }
+}
+
+fn handle_batch(engine: &mut Engine, batch: Vec<Datagram>) {
+    let now = Instant::now();
+    for d in batch {
+        engine.handle_datagram(now, d.source, d.local, &d.data);
     }
 }
 
@@ -788,12 +840,12 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(v6_socket: bool) -> Sender {
+    fn new(v6_socket: bool, gso_segments: usize) -> Sender {
         #[cfg(not(target_os = "linux"))]
-        let _ = v6_socket;
+        let _ = (v6_socket, gso_segments);
         Sender {
             #[cfg(target_os = "linux")]
-            batch: crate::sendmmsg::Batch::new(v6_socket),
+            batch: crate::sendmmsg::Batch::new(v6_socket, gso_segments),
             #[cfg(not(target_os = "linux"))]
             state: None,
             pending: Vec::new(),
@@ -935,7 +987,6 @@ fn handle_command(engine: &mut Engine, command: Command) {
         }
         Command::RelayOpen { room, shard } => engine.relay_open(&room, shard),
         Command::RelayClose { room, shard } => engine.relay_close(&room, shard),
-        Command::Relay { room, event } => engine.relay_event(now, &room, event),
     }
 }
 
@@ -987,6 +1038,16 @@ mod tests {
         merge_status(&mut merged, status("r", false, &["b1"]), false);
         assert!(merged.publisher.is_some());
         assert_eq!(merged.viewers.len(), 2);
+    }
+
+    #[test]
+    fn rtp_and_rtcp_are_media_stun_and_dtls_are_not() {
+        let rtp = [0x80, 96, 0, 1];
+        let rtcp = [0x81, 200, 0, 6];
+        let stun = binding_request("a:b");
+        let dtls = [22, 0xfe, 0xfd];
+        assert!(is_media(&rtp) && is_media(&rtcp));
+        assert!(!is_media(&stun) && !is_media(&dtls) && !is_media(&[]));
     }
 
     #[test]

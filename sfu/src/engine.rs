@@ -15,6 +15,7 @@
 //! queued and handled after the drain, so one peer's events can mutate other
 //! peers without aliasing.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +42,7 @@ use crate::gop::{self, CachedPacket, DelayHint, GopCache, GopOffer, KeyframeProb
 use crate::ingest::{IngestCodec, IngestPacket, IngestSignal};
 use crate::layers::{congestion_cap, LayerCap, LayerInfo, LayerSelector};
 use crate::picture;
-use crate::relay::{self, RelayEvent, RelayTrack, MIRROR_IDLE, MIRROR_WAIT};
+use crate::relay::{self, RelayEvent, RelayLink, RelayTrack, MIRROR_IDLE, MIRROR_WAIT};
 use crate::tap::{TapCodec, TapEvent, TapPacket, TapSender, TapTrack, TAP_SIGNAL_RESERVE};
 use crate::{
     stun, IceFragment, LayerRequest, LayerState, LayerView, PatchOutcome, Role, SessionAnswer,
@@ -71,6 +72,14 @@ pub struct Engine {
     rooms: HashMap<String, Room>,
     timeouts: BinaryHeap<Reverse<(Instant, PeerId)>>,
     transmits: VecDeque<Outgoing>,
+    /// Viewers written to by the fan-out and not drained yet. They are
+    /// drained once per batch of input (when transmits or the next timeout
+    /// are asked for), so each viewer's packets leave back to back: one
+    /// str0m poll per viewer per batch instead of per packet, and runs of
+    /// datagrams to one address that the sender coalesces (UDP GSO).
+    fanned_out: Vec<PeerId>,
+    /// The latest time the engine was given (for work left by a drain).
+    clock: Instant,
     events: VecDeque<(PeerId, Event)>,
     next_peer: PeerId,
     next_tick: Option<Instant>,
@@ -87,6 +96,8 @@ pub struct Engine {
     shard: usize,
     /// Every shard's command channel, by index (see `relay.rs`).
     links: Vec<mpsc::WeakUnboundedSender<Command>>,
+    /// Every shard's relay channel, by index.
+    relay_links: Vec<RelayLink>,
     /// Sessions per shard (relays not counted): `max_sessions` is for the
     /// whole SFU, and new viewers go to the least loaded shard.
     load: Arc<[AtomicUsize]>,
@@ -99,16 +110,21 @@ pub struct Engine {
 /// The mirrors of one home room.
 struct RelayOut {
     room: Arc<str>,
-    to: Vec<(usize, mpsc::UnboundedSender<Command>)>,
+    to: Vec<(usize, RelayLink)>,
+    /// Packets dropped because a mirror was behind (see `RELAY_QUEUE`).
+    dropped: Cell<u64>,
 }
 
 impl RelayOut {
     fn send(&self, event: impl Fn() -> RelayEvent) {
-        for (_, tx) in &self.to {
-            let _ = tx.send(Command::Relay {
-                room: self.room.clone(),
-                event: event(),
-            });
+        for (shard, link) in &self.to {
+            if !link.send(&self.room, event()) {
+                let dropped = self.dropped.get() + 1;
+                self.dropped.set(dropped);
+                if dropped.is_power_of_two() {
+                    warn!(room = %self.room, shard, dropped, "a mirroring media thread is behind: relay packets dropped");
+                }
+            }
         }
     }
 }
@@ -169,6 +185,8 @@ struct Peer {
     loss_cap: Option<(u64, Instant)>,
     /// Subscriber: may start from a cached GOP (the room's `gop_cache`).
     gop_replay: bool,
+    /// Subscriber: has packets written since its last drain (`Engine::fanned_out`).
+    fanned_out: bool,
 }
 
 /// One subscriber m-line fed from one room track.
@@ -400,6 +418,8 @@ impl Engine {
             rooms: HashMap::new(),
             timeouts: BinaryHeap::new(),
             transmits: VecDeque::new(),
+            fanned_out: Vec::new(),
+            clock: Instant::now(),
             events: VecDeque::new(),
             next_peer: 1,
             next_tick: None,
@@ -409,6 +429,7 @@ impl Engine {
             internal: HashMap::new(),
             shard: 0,
             links: Vec::new(),
+            relay_links: Vec::new(),
             load: Arc::new([AtomicUsize::new(0)]),
             relays: HashMap::new(),
             mirrors: HashMap::new(),
@@ -420,10 +441,12 @@ impl Engine {
         &mut self,
         shard: usize,
         links: Vec<mpsc::WeakUnboundedSender<Command>>,
+        relay_links: Vec<RelayLink>,
         load: Arc<[AtomicUsize]>,
     ) {
         self.shard = shard;
         self.links = links;
+        self.relay_links = relay_links;
         self.load = load;
     }
 
@@ -464,6 +487,7 @@ impl Engine {
         local: SocketAddr,
         data: &[u8],
     ) {
+        self.clock = self.clock.max(now);
         let id = match self.by_addr.get(&source) {
             Some(id) => *id,
             None => {
@@ -523,6 +547,7 @@ impl Engine {
 
     /// Time passes: serve every peer whose timeout is due, and the rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             if at > now {
                 break;
@@ -568,6 +593,10 @@ impl Engine {
 
     /// When the engine next wants `handle_timeout`.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.drain_fanned_out();
+        if !self.events.is_empty() {
+            return Some(self.clock); // a drain left events: now
+        }
         while let Some(Reverse((at, id))) = self.timeouts.peek().copied() {
             match self.peers.get(&id) {
                 Some(p) if p.next_timeout == at => {
@@ -585,7 +614,26 @@ impl Engine {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        if self.transmits.is_empty() {
+            self.drain_fanned_out();
+        }
         self.transmits.pop_front()
+    }
+
+    /// Drains every viewer the fan-out wrote to since the last call.
+    fn drain_fanned_out(&mut self) {
+        for id in std::mem::take(&mut self.fanned_out) {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.fanned_out = false;
+                drain_peer(
+                    id,
+                    peer,
+                    &mut self.transmits,
+                    &mut self.events,
+                    &mut self.timeouts,
+                );
+            }
+        }
     }
 
     // -------------------------------------------------------------- commands
@@ -882,6 +930,7 @@ impl Engine {
                 last_media: None,
                 loss_cap: None,
                 gop_replay: true,
+                fanned_out: false,
             },
         );
         id
@@ -1238,9 +1287,7 @@ impl Engine {
             &media,
             outlets,
             &mut self.peers,
-            &mut self.transmits,
-            &mut self.events,
-            &mut self.timeouts,
+            &mut self.fanned_out,
         );
         if wants_keyframe {
             let room_name = self
@@ -2208,9 +2255,7 @@ impl Engine {
             media,
             outlets,
             &mut self.peers,
-            &mut self.transmits,
-            &mut self.events,
-            &mut self.timeouts,
+            &mut self.fanned_out,
         );
         if wants_keyframe {
             let room_name = publisher.room.clone();
@@ -2288,7 +2333,7 @@ impl Engine {
 
     /// Home side: shard `shard` mirrors `room` from now on.
     pub(crate) fn relay_open(&mut self, room: &str, shard: usize) {
-        let Some(link) = self.link(shard) else {
+        let Some(link) = self.relay_links.get(shard).cloned() else {
             return;
         };
         let out = self
@@ -2297,16 +2342,14 @@ impl Engine {
             .or_insert_with(|| RelayOut {
                 room: Arc::from(room),
                 to: Vec::new(),
+                dropped: Cell::new(0),
             });
         out.to.retain(|(s, _)| *s != shard);
         out.to.push((shard, link.clone()));
         info!(room, shard, "relay opened");
         let room_name = out.room.clone();
         let send = |event| {
-            let _ = link.send(Command::Relay {
-                room: room_name.clone(),
-                event,
-            });
+            let _ = link.send(&room_name, event);
         };
         send(self.relay_live(room));
         // The current GOPs too, so that the mirror's first viewers start
@@ -2702,9 +2745,7 @@ fn fan_out(
     packet: &MediaPacket,
     outlets: Outlets<'_>,
     peers: &mut HashMap<PeerId, Peer>,
-    transmits: &mut VecDeque<Outgoing>,
-    events: &mut VecDeque<(PeerId, Event)>,
-    timeouts: &mut BinaryHeap<Reverse<(Instant, PeerId)>>,
+    fanned_out: &mut Vec<PeerId>,
 ) -> bool {
     let pt = packet.pt;
     let Some(track) = room.tracks.get_mut(track_index) else {
@@ -2850,8 +2891,9 @@ fn fan_out(
                 wrote = true;
             }
         }
-        if wrote {
-            drain_peer(sid, sub, transmits, events, timeouts);
+        if wrote && !sub.fanned_out {
+            sub.fanned_out = true;
+            fanned_out.push(sid);
         }
     }
     wants_keyframe
