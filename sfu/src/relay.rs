@@ -44,9 +44,12 @@ pub(crate) const MIRROR_IDLE: Duration = Duration::from_secs(10);
 /// How long a viewer's join waits for its shard's mirror to go live.
 pub(crate) const MIRROR_WAIT: Duration = Duration::from_secs(2);
 
-/// Most relay packets waiting for one mirroring shard (≈ 1 s of a
-/// 2.5 Mbit/s simulcast publisher); past it the home drops them.
-pub(crate) const RELAY_QUEUE: usize = 128;
+/// Most relay packets waiting for one mirroring shard; past it the home
+/// drops them. Room for a few seconds of a 2.5 Mbit/s simulcast publisher
+/// (≈ 350 packets/s), so that keyframe bursts on every layer at once and a
+/// mirror thread kept off its core for a while lose nothing (128 did, at
+/// 100 viewers); a mirror that is behind for longer is overloaded.
+pub(crate) const RELAY_QUEUE: usize = 1024;
 
 /// One message on a relay channel: the room and what happened to it.
 pub(crate) type RelayMessage = (Arc<str>, RelayEvent);
