@@ -244,35 +244,13 @@ impl Sfu {
             let mut engine = Engine::new(config.clone(), advertised.clone());
             engine.set_shard(shard, links.clone(), relay_links.clone(), load.clone());
             let socket = socket.try_clone()?;
-            std::thread::Builder::new()
-                .name(format!("sfu-{shard}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(r) => r,
-                        Err(e) => return warn!("cannot start the media runtime: {e}"),
-                    };
-                    if let Err(e) = runtime.block_on(run(socket, engine, inbox, gso_segments)) {
-                        warn!(shard, "media loop ended: {e}");
-                    }
-                })?;
-        }
-        std::thread::Builder::new()
-            .name("sfu-router".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => return warn!("cannot start the router runtime: {e}"),
-                };
-                if let Err(e) = runtime.block_on(route(socket, state, gro_segments, datagrams)) {
-                    warn!("router ended: {e}");
-                }
+            spawn_loop(format!("sfu-{shard}"), async move {
+                run(socket, engine, inbox, gso_segments).await
             })?;
+        }
+        spawn_loop("sfu-router".into(), async move {
+            route(socket, state, gro_segments, datagrams).await
+        })?;
         info!(%local_addr, media_threads = count, gso_segments, gro_segments, "media socket ready");
         Ok(Sfu {
             shards: commands.into(),
@@ -589,6 +567,29 @@ impl Sfu {
     fn send(&self, shard: usize, c: Command) -> Result<(), SfuError> {
         self.shards[shard].send(c).map_err(|_| SfuError::Stopped)
     }
+}
+
+/// Runs `main` on a thread of its own (named `name`) with a
+/// single-threaded runtime; an error ending it is logged.
+fn spawn_loop(
+    name: String,
+    main: impl std::future::Future<Output = io::Result<()>> + Send + 'static,
+) -> io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        let name = std::thread::current().name().unwrap_or("sfu").to_string();
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => {
+                if let Err(e) = runtime.block_on(main) {
+                    warn!(thread = name, "media loop ended: {e}");
+                }
+            }
+            Err(e) => warn!(thread = name, "cannot start the runtime: {e}"),
+        }
+    })?;
+    Ok(())
 }
 
 /// `media_threads` as configured, 0 meaning one per core.

@@ -625,14 +625,8 @@ impl Engine {
         for id in std::mem::take(&mut self.fanned_out) {
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.fanned_out = false;
-                drain_peer(
-                    id,
-                    peer,
-                    &mut self.transmits,
-                    &mut self.events,
-                    &mut self.timeouts,
-                );
             }
+            self.drain(id);
         }
     }
 
