@@ -1706,10 +1706,18 @@ impl Engine {
                 } else {
                     // A fresh keyframe is live at once; the cached one is as
                     // old as the GOP. Until it comes, or the wait is over.
+                    // An unprobed layer's question is settled when its
+                    // probe expires: no need to wait longer than that.
                     let wait = if answers == Some(true) {
                         ANSWERED_START_WAIT
                     } else {
-                        UNPROBED_START_WAIT
+                        track
+                            .probe
+                            .get(source.layer as usize)
+                            .and_then(|p| p.resolves_at(KEYFRAME_PROBE_WINDOW))
+                            .map_or(UNPROBED_START_WAIT, |at| {
+                                at.saturating_duration_since(now).min(UNPROBED_START_WAIT)
+                            })
                     };
                     info!(
                         session = %peer.session,

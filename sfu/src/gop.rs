@@ -217,6 +217,15 @@ impl KeyframeProbe {
         }
     }
 
+    /// When an unanswered probe in flight will count as ignored (None when
+    /// there is no probe in flight).
+    pub fn resolves_at(&self, window: Duration) -> Option<Instant> {
+        match *self {
+            KeyframeProbe::InFlight(at, _) => Some(at + window),
+            _ => None,
+        }
+    }
+
     /// Some(true) if the layer answers keyframe requests, Some(false) if it
     /// ignores them, None while unknown.
     pub fn answers(&self) -> Option<bool> {
@@ -330,14 +339,18 @@ mod tests {
         // comes a few frames later.
         let mut p = KeyframeProbe::default();
         assert_eq!(p.answers(), None);
+        assert_eq!(p.resolves_at(window), None);
         assert!(p.on_keyframe(t0, 1000, window));
         assert_eq!(p.answers(), None);
+        // A viewer joining now need not wait past the probe's window.
+        assert_eq!(p.resolves_at(window), Some(t0 + window));
         // The same keyframe's next NAL unit (IDR after SPS) is no answer.
         assert!(!p.on_keyframe(t0, 1000, window));
         assert_eq!(p.answers(), None);
         p.expire(t0 + ms(500), window);
         assert!(!p.on_keyframe(t0 + ms(120), 1000 + 90 * 120, window));
         assert_eq!(p, KeyframeProbe::Answered(ms(120)));
+        assert_eq!(p.resolves_at(window), None);
         // Later keyframes (and time) change nothing, nor is it sent again.
         assert!(!p.on_keyframe(t0 + ms(5000), 9000, window));
         p.expire(t0 + ms(9000), window);
