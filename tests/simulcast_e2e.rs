@@ -154,7 +154,7 @@ fn in_namespace(tag: &str, subnet: u8, mode: &str) -> Value {
     let room = format!("sim:{KEY}");
     let server = Server::start_bound("0.0.0.0", &["--room", &room, "--public-ip", &host_ip]);
     let viewer_base = format!("http://{host_ip}:{}", server.http_port);
-    layers(
+    let r = layers(
         &server,
         mode,
         &[
@@ -165,7 +165,11 @@ fn in_namespace(tag: &str, subnet: u8, mode: &str) -> Value {
             "--dev",
             &ns.host_dev,
         ],
-    )
+    );
+    if std::env::var_os("DEBUG_SERVER_LOG").is_some() {
+        eprintln!("{}\nREPORT {r}", server.log_text());
+    }
+    r
 }
 
 #[test]

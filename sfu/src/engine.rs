@@ -260,6 +260,13 @@ struct LayerStats {
 }
 
 impl Track {
+    /// A mirror takes its home's measured bitrates.
+    fn set_bitrates(&mut self, bitrates: &[u64]) {
+        for (st, b) in self.stats.iter_mut().zip(bitrates) {
+            st.bitrate = *b;
+        }
+    }
+
     fn layer_infos(&self, now: Instant) -> Vec<LayerInfo> {
         self.stats
             .iter()
@@ -1304,22 +1311,32 @@ impl Engine {
         let secs = elapsed.as_secs_f64().max(0.05);
         let mut keyframes: Vec<(String, usize, u8)> = Vec::new();
         for (name, room) in self.rooms.iter_mut() {
+            let relays = self.relays.get(name);
             for (track_index, t) in room.tracks.iter_mut().enumerate() {
                 for st in t.stats.iter_mut() {
                     let rate = (st.bytes as f64 * 8.0 / secs) as u64;
+                    st.bytes = 0;
+                    if room.mirror {
+                        continue; // the home's figures come by `RelayEvent::Rates`
+                    }
                     st.bitrate = if st.bitrate == 0 {
                         rate
                     } else {
                         (st.bitrate * 3 + rate) / 4
                     };
-                    st.bytes = 0;
+                }
+                if let Some(relays) = relays.filter(|_| t.mid.is_some()) {
+                    relays.send(|| RelayEvent::Rates {
+                        track: track_index,
+                        bitrates: t.stats.iter().map(|s| s.bitrate).collect(),
+                    });
                 }
                 for (layer, p) in t.probe.iter_mut().enumerate() {
                     let before = *p;
                     p.expire(now, KEYFRAME_PROBE_WINDOW);
                     if before != *p {
                         info!(room = %name, layer, "keyframe probe ignored: new viewers start from the cached GOP");
-                        if let Some(relays) = self.relays.get(name) {
+                        if let Some(relays) = relays {
                             let probe = *p;
                             relays.send(|| RelayEvent::Probe {
                                 track: track_index,
@@ -1400,7 +1417,7 @@ impl Engine {
                     if overloaded && e.forwarder.current() != Some(source) {
                         overloaded_any = true;
                         if e.forwarder.target() != Some(source) || !e.forwarder.cutting_over() {
-                            debug!(session = %sub.session, layer, ?share, "viewer layer down at once");
+                            debug!(session = %sub.session, layer, ?share, sending, ?layers, "viewer layer down at once");
                             // Nor resend the old layer's lost packets: its
                             // frames will not be completed, and resends
                             // would take the link from the new keyframe.
@@ -2328,6 +2345,7 @@ impl Engine {
                 params: t.params.clone(),
                 layers: t.layers.clone(),
                 probe: t.probe.clone(),
+                bitrates: t.stats.iter().map(|s| s.bitrate).collect(),
             })
             .collect();
         RelayEvent::Live { tracks }
@@ -2472,6 +2490,21 @@ impl Engine {
                     *p = probe;
                 }
             }
+            RelayEvent::Rates { track, bitrates } => {
+                let Some(index) = current
+                    .and_then(|id| self.internal.get(&id))
+                    .and_then(|p| p.tracks.get(track).copied().flatten())
+                else {
+                    return;
+                };
+                if let Some(t) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.tracks.get_mut(index))
+                {
+                    t.set_bitrates(&bitrates);
+                }
+            }
             RelayEvent::Ended => {
                 if let Some(id) = current {
                     self.end_internal(now, id);
@@ -2500,6 +2533,7 @@ impl Engine {
                         .and_then(|i| self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(i)))
                     {
                         track.probe = t.probe;
+                        track.set_bitrates(&t.bitrates);
                     }
                     indices[t.index] = index;
                 }
@@ -3070,6 +3104,63 @@ mod tests {
         assert_eq!(signals.try_recv().unwrap(), IngestSignal::Ended);
         assert!(matches!(tap.try_recv().unwrap(), TapEvent::Ended));
         assert!(!e.room_is_live("r"));
+    }
+
+    #[test]
+    fn a_mirror_chooses_layers_by_the_homes_rates_not_by_its_seeded_gop() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (commands, _rx): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
+        let links: Vec<_> = commands.iter().map(|c| c.downgrade()).collect();
+        let (relay_links, mut inboxes): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| relay::relay_channel()).unzip();
+        let load: Arc<[AtomicUsize]> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        let (mut home, mut mirror) = (engine(), engine());
+        home.set_shard(0, links.clone(), relay_links.clone(), load.clone());
+        mirror.set_shard(1, links, relay_links, load);
+
+        // Home: 100 kbit/s for 3 s (1,250 bytes every 100 ms), one GOP.
+        let (id, _, _signals) = home.publish_internal(t0, "r", "rtmp", &[H264]).unwrap();
+        let mut delta = vec![0x41; 1250];
+        let mut idr = delta.clone();
+        idr[..IDR.len()].copy_from_slice(IDR);
+        for i in 0..30 {
+            let payload = if i == 0 { &idr } else { &delta };
+            home.ingest(at(i * 100), id, 0, packet(i, payload));
+            if i % 5 == 4 {
+                home.tick(at(i * 100));
+            }
+        }
+        let rate = |e: &Engine| e.rooms["r"].tracks[0].stats[0].bitrate;
+        let measured = rate(&home);
+        assert!((80_000..=120_000).contains(&measured), "{measured}");
+
+        // A viewer on shard 1: the mirror opens, seeded with the 30 KB GOP.
+        let (reply, _live) = oneshot::channel();
+        mirror.ensure_mirror(at(3000), "r", 0, reply);
+        home.relay_open("r", 1);
+        let mut relay = |mirror: &mut Engine, now| {
+            while let Some((room, event)) = inboxes[1].try_recv() {
+                mirror.relay_event(now, &room, event);
+            }
+        };
+        relay(&mut mirror, at(3000));
+        assert_eq!(rate(&mirror), measured);
+        // The seed is no burst at the mirror's next tick, and the home's
+        // later figures follow.
+        mirror.tick(at(3500));
+        assert_eq!(rate(&mirror), measured);
+        delta.truncate(625);
+        for i in 30..40 {
+            home.ingest(at(i * 100), id, 0, packet(i, &delta));
+            if i % 5 == 4 {
+                home.tick(at(i * 100));
+            }
+        }
+        relay(&mut mirror, at(4000));
+        mirror.tick(at(4000));
+        assert!(rate(&home) < measured);
+        assert_eq!(rate(&mirror), rate(&home));
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl RelayLink {
 }
 
 impl RelayInbox {
+    /// The next message if one is queued (tests drive engines by hand).
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<RelayMessage> {
+        let message = self.rx.try_recv().ok()?;
+        if matches!(message.1, RelayEvent::Packet { .. }) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(message)
+    }
+
     pub async fn recv(&mut self) -> Option<RelayMessage> {
         let message = self.rx.recv().await?;
         if matches!(message.1, RelayEvent::Packet { .. }) {
@@ -127,6 +137,11 @@ pub(crate) enum RelayEvent {
         layer: u8,
         probe: KeyframeProbe,
     },
+    /// The home's measured bitrate (bits/s) of each layer of home track
+    /// `track`, every layer tick: mirrors choose viewers' layers by these
+    /// rather than measure what reaches them (the GOPs a new mirror is
+    /// seeded with would count as a burst of several times the rate).
+    Rates { track: usize, bitrates: Vec<u64> },
     /// The publisher left.
     Ended,
 }
@@ -139,6 +154,8 @@ pub(crate) struct RelayTrack {
     pub params: Vec<PayloadParams>,
     pub layers: Vec<Option<Rid>>,
     pub probe: Vec<KeyframeProbe>,
+    /// Each layer's measured bitrate, bits/s (see `RelayEvent::Rates`).
+    pub bitrates: Vec<u64>,
 }
 
 /// The shard a session or ICE ufrag belongs to: its first character, as
