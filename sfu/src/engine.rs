@@ -2448,6 +2448,17 @@ impl Engine {
         );
     }
 
+    /// Mirror side: our index of home track `track` of relay publisher
+    /// `publisher`.
+    fn relayed_track(&self, publisher: Option<PeerId>, track: usize) -> Option<usize> {
+        self.internal
+            .get(&publisher?)?
+            .tracks
+            .get(track)
+            .copied()
+            .flatten()
+    }
+
     /// Mirror side: what the home says about `room`.
     pub(crate) fn relay_event(&mut self, now: Instant, room: &str, event: RelayEvent) {
         let Some(mirror) = self.mirrors.get(room) else {
@@ -2460,12 +2471,7 @@ impl Engine {
                 layer,
                 packet,
             } => {
-                let Some(id) = current else { return };
-                let Some(index) = self
-                    .internal
-                    .get(&id)
-                    .and_then(|p| p.tracks.get(track).copied().flatten())
-                else {
+                let (Some(id), Some(index)) = (current, self.relayed_track(current, track)) else {
                     return;
                 };
                 self.ingest_media(now, id, index, layer, &packet);
@@ -2475,33 +2481,17 @@ impl Engine {
                 layer,
                 probe,
             } => {
-                let Some(index) = current
-                    .and_then(|id| self.internal.get(&id))
-                    .and_then(|p| p.tracks.get(track).copied().flatten())
-                else {
-                    return;
-                };
-                if let Some(p) = self
-                    .rooms
-                    .get_mut(room)
-                    .and_then(|r| r.tracks.get_mut(index))
+                let index = self.relayed_track(current, track);
+                if let Some(p) = index
+                    .and_then(|i| self.rooms.get_mut(room)?.tracks.get_mut(i))
                     .and_then(|t| t.probe.get_mut(layer as usize))
                 {
                     *p = probe;
                 }
             }
             RelayEvent::Rates { track, bitrates } => {
-                let Some(index) = current
-                    .and_then(|id| self.internal.get(&id))
-                    .and_then(|p| p.tracks.get(track).copied().flatten())
-                else {
-                    return;
-                };
-                if let Some(t) = self
-                    .rooms
-                    .get_mut(room)
-                    .and_then(|r| r.tracks.get_mut(index))
-                {
+                let index = self.relayed_track(current, track);
+                if let Some(t) = index.and_then(|i| self.rooms.get_mut(room)?.tracks.get_mut(i)) {
                     t.set_bitrates(&bitrates);
                 }
             }
