@@ -177,8 +177,11 @@ struct Peer {
     ingest: HashMap<Ssrc, (usize, u8)>,
     /// Subscriber: one entry per sending m-line.
     egress: Vec<Egress>,
-    /// Subscriber: its available bandwidth (TWCC or REMB), bits/s.
+    /// Subscriber: its available bandwidth (TWCC or REMB), bits/s, as
+    /// str0m reports it: averaged over 3 s.
     estimate: Option<u64>,
+    /// Subscriber: the TWCC estimate itself, at each stats interval.
+    raw_estimate: Option<u64>,
     /// Publisher: when its last media packet arrived.
     last_media: Option<Instant>,
     /// Subscriber: a bandwidth ceiling from heavy loss, and until when.
@@ -928,6 +931,7 @@ impl Engine {
                 ingest: HashMap::new(),
                 egress: Vec::new(),
                 estimate: None,
+                raw_estimate: None,
                 last_media: None,
                 loss_cap: None,
                 gop_replay: true,
@@ -1030,6 +1034,7 @@ impl Engine {
                 }
             }
             Event::MediaEgressStats(stats) => self.egress_loss(now, id, &stats),
+            Event::PeerStats(stats) => self.transport_loss(now, id, &stats),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
             | Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
                 peer.estimate = Some(estimate.as_u64());
@@ -1366,7 +1371,15 @@ impl Engine {
                     .loss_cap
                     .filter(|(_, until)| now < *until)
                     .map(|(c, _)| c);
-                let estimate = match (sub.estimate, cap) {
+                // Up as soon as the estimate itself allows it (str0m's
+                // 3 s average lagged a lifted limit by 3 s; the selector's
+                // hold keeps it careful); down by the average, or at once
+                // by a loss cap.
+                let estimate = match (sub.estimate, sub.raw_estimate) {
+                    (Some(average), Some(raw)) => Some(average.max(raw)),
+                    (average, raw) => average.or(raw),
+                };
+                let estimate = match (estimate, cap) {
                     (Some(e), Some(c)) => Some(e.min(c + AUDIO_ALLOWANCE)),
                     (e, None) => e,
                     (None, Some(c)) => Some(c + AUDIO_ALLOWANCE),
@@ -1542,6 +1555,53 @@ impl Engine {
         };
         let cap = congestion_cap(current, delivered);
         debug!(session = %peer.session, packets, nacks, ?reported_loss, ?delivered, cap, "heavy loss: capping the viewer's bandwidth");
+        self.cap_for_loss(now, id, cap);
+    }
+
+    /// The transport-wide view of a viewer's link (TWCC feedback comes
+    /// every ~100 ms, receiver reports about once a second): its estimate,
+    /// and the share of packets lost over the last second, which past
+    /// `REPORTED_LOSS_THRESHOLD` caps the viewer at the estimate (which
+    /// str0m's loss controller has already lowered) or half its layer.
+    fn transport_loss(&mut self, now: Instant, id: PeerId, stats: &str0m::stats::PeerStats) {
+        let Some(peer) = self
+            .peers
+            .get_mut(&id)
+            .filter(|p| p.role == Role::Subscriber)
+        else {
+            return;
+        };
+        let Some(estimate) = stats.bwe_tx.map(|b| b.as_u64()) else {
+            return;
+        };
+        peer.raw_estimate = Some(estimate);
+        let loss = stats.egress_loss_fraction.unwrap_or(0.0) as f64;
+        if loss <= REPORTED_LOSS_THRESHOLD {
+            return;
+        }
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        // The layers being sent, all video tracks together.
+        let current: u64 = peer
+            .egress
+            .iter()
+            .filter_map(|e| {
+                let s = e.forwarder.current()?;
+                room.tracks.get(e.track)?.stats.get(s.layer as usize)
+            })
+            .map(|s| s.bitrate)
+            .sum();
+        let cap = congestion_cap(current, Some(estimate.saturating_sub(AUDIO_ALLOWANCE)));
+        debug!(session = %peer.session, loss, estimate, cap, "heavy transport loss: capping the viewer's bandwidth");
+        self.cap_for_loss(now, id, cap);
+    }
+
+    /// Holds a viewer at most at `cap` (bits/s of video) for `LOSS_HOLD`.
+    fn cap_for_loss(&mut self, now: Instant, id: PeerId, cap: u64) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         // A new or lower cap acts at once.
         let new_cap = peer
             .loss_cap
