@@ -1373,8 +1373,8 @@ impl Engine {
                     .map(|(c, _)| c);
                 // Up as soon as the estimate itself allows it (str0m's
                 // 3 s average lagged a lifted limit by 3 s; the selector's
-                // hold keeps it careful); down by the average, or at once
-                // by a loss cap.
+                // hold keeps it careful); down once both have fallen, or
+                // at once by a loss cap.
                 let estimate = match (sub.estimate, sub.raw_estimate) {
                     (Some(average), Some(raw)) => Some(average.max(raw)),
                     (average, raw) => average.or(raw),
