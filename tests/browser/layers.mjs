@@ -217,6 +217,9 @@ await runReport(120000, async (report) => {
       };
       const pageNow = () => viewPage.evaluate(() => performance.now());
       report.start = await wait('start', 15000, (s) => s.width === 1280 && s.current === 0);
+      // Watch a while first: the cut should meet a settled viewer, not one
+      // still in its first second (bandwidth estimate at its start value).
+      await wait('watching', 3000);
       const cutAt = await pageNow();
       report.cutWall = new Date().toISOString();
       tc('qdisc', 'add', 'dev', args.dev, 'root', 'tbf', 'rate', '350kbit', 'burst', '16kb', 'latency', '80ms');
